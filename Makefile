@@ -1,0 +1,34 @@
+# Every target builds its own Python >= 3.12 virtual environment in .venv (scripts/find_python.sh finds the
+# interpreter and explains what to do when there is none).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test test test-fast demo clean
+
+$(VENV)/.runtime: requirements.txt pyproject.toml
+	@py=$$(scripts/find_python.sh) && [ -x $(PY) ] || $$py -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	@touch $@
+
+setup: $(VENV)/.runtime          ## runtime environment only
+
+setup-test: $(VENV)/.test        ## runtime + test extras (pytest, torch as the parity oracle)
+
+test: setup-test                 ## the whole suite, as CI runs it
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup-test            ## skip the slow end-to-end tests
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+demo: setup                      ## generate the demo data set, train on it, write sample grids
+	$(PY) train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}
+
+clean:
+	rm -rf $(VENV) .pytest_cache

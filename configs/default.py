@@ -1,0 +1,65 @@
+"""Shared defaults: every number is the official SPADE default unless a comment says otherwise.
+
+Dataset configs (coco_stuff.py, ade20k.py, cityscapes.py, custom.py, demo.py) start from `get_config()` here and
+override what their data set needs. Override anything from the command line: `--config.train.batch_size=8`.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = d = ml_collections.ConfigDict()
+  d.dataset = "custom"          # coco_stuff | ade20k | cityscapes | custom | tfds
+  d.root = ""                   # dataroot of the official layouts
+  d.image_dir = ""              # custom layout
+  d.label_dir = ""
+  d.instance_dir = ""           # '' = none
+  d.tfds_name = ""              # a tfds data set prepared as ArrayRecord (read without TensorFlow)
+  d.tfds_data_dir = ""
+  d.label_nc = 13               # classes, not counting the don't-care slot
+  d.contain_dontcare_label = False  # label 255 -> an extra "unknown" channel
+  d.no_instance = True          # False: append the instance-edge channel
+  d.preprocess = "resize_and_crop"
+  d.load_size = 286
+  d.crop_size = 256
+  d.aspect_ratio = 1.0
+  d.no_flip = False
+  d.on_bad_sample = "error"     # error | skip (logged, counted)
+  d.workers = 0                 # grain worker processes
+  d.prefetch = 4
+  d.max_dataset_size = 0        # 0 = all
+
+  c.model = m = ml_collections.ConfigDict()
+  m.ngf = 64
+  m.num_upsampling_layers = "normal"  # normal | more | most
+  m.use_vae = False
+  m.param_free_norm = "syncbatch"     # syncbatch | batch | instance  (official norm_G 'spectralspadesyncbatch3x3')
+  m.spade_kernel = 3
+  m.spectral_G = True
+  m.ndf = 64
+  m.num_D = 2
+  m.n_layers_D = 4
+  m.spectral_D = True                 # official norm_D 'spectralinstance'
+  m.spectral_E = True                 # official norm_E 'spectralinstance'
+  m.encoder_input_size = 256          # official: the encoder always resizes to 256x256
+
+  c.loss = l = ml_collections.ConfigDict()
+  l.lambda_feat = 10.0      # 0 disables feature matching (official --no_ganFeat_loss)
+  l.lambda_vgg = 10.0       # 0 disables the VGG loss (official --no_vgg_loss); required when no VGG weights exist
+  l.lambda_kld = 0.05
+  l.vgg_input_norm = "official"  # official: [-1, 1] as is | imagenet: mean/std normalised (imaginaire)
+  l.vgg_weights = ""        # path to vgg19-dcbb9e9d.pth; '' = the download cache
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.lr = 2e-4               # base lr; TTUR gives G lr/2 and D lr*2
+  o.no_TTUR = False         # True: G = D = lr, betas (0.5, 0.999)
+  o.beta1 = 0.0             # TTUR betas (the maintainer confirmed 0.9, not the paper's 0.999)
+  o.beta2 = 0.9
+
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 32         # global batch (paper: 32 on 8 GPUs)
+  t.niter = 50              # epochs at constant lr (official default)
+  t.niter_decay = 0         # epochs of linear decay to 0 after niter
+  return c

@@ -1,0 +1,54 @@
+"""SPADE's losses: hinge GAN, discriminator feature matching, VGG19 perceptual loss and the VAE's KL divergence.
+
+Multiscale discriminator outputs are lists (per scale) of lists of features; the last feature is the patch logits.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LAMBDA_FEAT = 10.0  # official defaults (train_options)
+LAMBDA_VGG = 10.0
+LAMBDA_KLD = 0.05
+VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)  # relu1_1 .. relu5_1
+
+
+def _multiscale(per_scale_loss, outputs):
+  """Mean over every patch logit per scale, averaged over scales (the official sum / num_D)."""
+  return sum(per_scale_loss(scale[-1].astype(jnp.float32)) for scale in outputs) / len(outputs)
+
+
+def hinge_d_real(outputs):
+  return _multiscale(lambda x: jnp.mean(jax.nn.relu(1.0 - x)), outputs)
+
+
+def hinge_d_fake(outputs):
+  return _multiscale(lambda x: jnp.mean(jax.nn.relu(1.0 + x)), outputs)
+
+
+def hinge_g(outputs):
+  return _multiscale(lambda x: -jnp.mean(x), outputs)
+
+
+def feature_matching(fake_outputs, real_outputs, lambda_feat: float = LAMBDA_FEAT):
+  """L1 between D's intermediate features of fake and (stop-gradient) real: summed over layers, averaged over scales."""
+  num_d = len(fake_outputs)
+  loss = 0.0
+  for fake_scale, real_scale in zip(fake_outputs, real_outputs):
+    for f, r in zip(fake_scale[:-1], real_scale[:-1]):
+      loss += jnp.mean(jnp.abs(f.astype(jnp.float32) - jax.lax.stop_gradient(r).astype(jnp.float32)))
+  return loss * lambda_feat / num_d
+
+
+def vgg_loss(fake_feats, real_feats, lambda_vgg: float = LAMBDA_VGG, weights=VGG_WEIGHTS):
+  """Weighted L1 between VGG19 features of fake and (stop-gradient) real images."""
+  loss = 0.0
+  for w, f, r in zip(weights, fake_feats, real_feats):
+    loss += w * jnp.mean(jnp.abs(f.astype(jnp.float32) - jax.lax.stop_gradient(r).astype(jnp.float32)))
+  return loss * lambda_vgg
+
+
+def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD):
+  """-0.5 * sum(1 + logvar - mu^2 - exp(logvar)), summed over batch and latent dims as the official code does."""
+  mu, logvar = mu.astype(jnp.float32), logvar.astype(jnp.float32)
+  return -0.5 * jnp.sum(1 + logvar - jnp.square(mu) - jnp.exp(logvar)) * lambda_kld

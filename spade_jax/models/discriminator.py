@@ -1,0 +1,50 @@
+"""Multiscale PatchGAN discriminator (pix2pixHD style, with SPADE's May-2019 fix: 4 layers, last two stride 1)."""
+from __future__ import annotations
+
+import flax.linen as nn
+
+from spade_jax.models.layers import Conv2d, avg_pool_3x3_s2, instance_norm, leaky_relu
+
+KW, PADW = 4, 2  # kernel 4, explicit zero padding ceil((4 - 1) / 2) = 2 on every side (not 'SAME')
+
+
+class NLayerDiscriminator(nn.Module):
+  """Returns every group's output (post-activation features for feature matching; the last is the patch logits)."""
+  ndf: int = 64
+  n_layers: int = 4
+  spectral: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    feats = []
+    x = leaky_relu(Conv2d(self.ndf, KW, 2, PADW, name="model0")(x))
+    feats.append(x)
+    nf = self.ndf
+    for n in range(1, self.n_layers):
+      nf = min(nf * 2, 512)
+      stride = 1 if n == self.n_layers - 1 else 2
+      x = Conv2d(nf, KW, stride, PADW, use_bias=False, spectral=self.spectral, name=f"model{n}")(x, train)
+      x = leaky_relu(instance_norm(x))
+      feats.append(x)
+    feats.append(Conv2d(1, KW, 1, PADW, name=f"model{self.n_layers}")(x))
+    return feats
+
+
+class MultiscaleDiscriminator(nn.Module):
+  """num_D sub-discriminators on successively average-pooled inputs; returns a list (per scale) of feature lists.
+
+  The input is concat([semantics, image], channel axis): one-hot (+ don't-care) (+ edges) first, then RGB.
+  """
+  num_D: int = 2
+  ndf: int = 64
+  n_layers: int = 4
+  spectral: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    outputs = []
+    for i in range(self.num_D):
+      outputs.append(NLayerDiscriminator(self.ndf, self.n_layers, self.spectral, name=f"discriminator_{i}")(x, train))
+      if i + 1 < self.num_D:
+        x = avg_pool_3x3_s2(x)
+    return outputs

@@ -1,0 +1,42 @@
+"""The VAE image encoder: a real image -> (mu, logvar) of the 256-d style code z."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spade_jax.models.layers import Conv2d, Dense, bilinear_resize, instance_norm, leaky_relu
+
+LATENT = 256  # hard-coded width of fc_mu / fc_var in the official encoder
+
+
+class ConvEncoder(nn.Module):
+  """Six stride-2 SN convs with instance norm on an image resized to `input_size` (official: 256, bilinear, no
+  antialias), flattened into fc_mu / fc_var. `ndf` is the official `ngf` (the encoder reuses it).
+
+  `input_size` other than 256 is our extension for small models; the official encoder always resizes to 256.
+  """
+  ndf: int = 64
+  input_size: int = 256
+  spectral: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    s = self.input_size
+    if s % 64 or s < 128:
+      # Six stride-2 convs leave an (s/64)^2 map; at 1x1 instance norm would zero every feature.
+      raise ValueError(f"encoder input_size must be a multiple of 64 and >= 128, got {s}")
+    if x.shape[1:3] != (s, s):
+      x = bilinear_resize(x, (s, s))
+    for i, mult in enumerate((1, 2, 4, 8, 8, 8), start=1):
+      if i > 1:
+        x = leaky_relu(x)
+      x = Conv2d(mult * self.ndf, 3, 2, 1, use_bias=False, spectral=self.spectral, name=f"layer{i}")(x, train)
+      x = instance_norm(x)
+    x = leaky_relu(x).reshape(x.shape[0], -1)  # NHWC flatten; the converter permutes torch's NCHW rows
+    return Dense(LATENT, name="fc_mu")(x), Dense(LATENT, name="fc_var")(x)
+
+
+def reparameterize(rng, mu, logvar):
+  """z = mu + eps * exp(logvar / 2), eps ~ N(0, I)."""
+  return mu + jax.random.normal(rng, mu.shape, mu.dtype) * jnp.exp(0.5 * logvar)

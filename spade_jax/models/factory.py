@@ -1,0 +1,38 @@
+"""Networks from a config (`config.data` label semantics + `config.model` architecture)."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from spade_jax.models.discriminator import MultiscaleDiscriminator
+from spade_jax.models.encoder import ConvEncoder
+from spade_jax.models.generator import SPADEGenerator
+
+
+def semantic_nc(data_cfg) -> int:
+  """One-hot channels + don't-care channel + instance-edge channel (the official `semantic_nc`)."""
+  return data_cfg.label_nc + int(data_cfg.contain_dontcare_label) + int(not data_cfg.no_instance)
+
+
+def build_generator(config, axis_name: str | None = None) -> SPADEGenerator:
+  m = config.model
+  return SPADEGenerator(
+      ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=config.data.crop_size,
+      aspect_ratio=config.data.aspect_ratio, use_vae=m.use_vae, spectral=m.spectral_G,
+      param_free_norm=m.param_free_norm, spade_kernel=m.spade_kernel, axis_name=axis_name)
+
+
+def build_discriminator(config) -> MultiscaleDiscriminator:
+  m = config.model
+  return MultiscaleDiscriminator(num_D=m.num_D, ndf=m.ndf, n_layers=m.n_layers_D, spectral=m.spectral_D)
+
+
+def build_encoder(config) -> ConvEncoder:
+  m = config.model
+  return ConvEncoder(ndf=m.ngf, input_size=m.encoder_input_size, spectral=m.spectral_E)
+
+
+def count_params(variables) -> int:
+  """Trainable weights only (the 'params' collection: not spectral u/v, not BN running statistics)."""
+  params = variables.get("params", variables) if hasattr(variables, "get") else variables
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

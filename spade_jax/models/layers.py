@@ -1,0 +1,185 @@
+"""Building blocks with PyTorch's exact semantics: init, padding, spectral norm, param-free norms, resizing.
+
+Everything here is NHWC. Each function documents the PyTorch behaviour it reproduces, because bit-level parity with
+the official SPADE checkpoints depends on these details (see docs/spade_reference.md §9, §10, §15).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Official init: xavier_normal_(gain=0.02) on every conv and linear weight, zero bias (BaseNetwork.init_weights).
+INIT_GAIN = 0.02
+SN_EPS = 1e-12  # torch.nn.utils.spectral_norm default
+NORM_EPS = 1e-5  # torch BatchNorm2d / InstanceNorm2d default
+BN_MOMENTUM = 0.1  # torch convention: running = (1 - m) * running + m * batch
+LRELU_SLOPE = 0.2
+
+
+def xavier_normal(gain: float = INIT_GAIN):
+  """xavier_normal_ with gain: std = gain * sqrt(2 / (fan_in + fan_out)), untruncated, as torch."""
+  return nn.initializers.variance_scaling(gain**2, "fan_avg", "normal")
+
+
+def leaky_relu(x):
+  return jax.nn.leaky_relu(x, LRELU_SLOPE)
+
+
+def _l2_normalize(x):
+  """torch.nn.functional.normalize: x / max(||x||, eps)."""
+  return x / jnp.maximum(jnp.linalg.norm(x), SN_EPS)
+
+
+class Conv2d(nn.Module):
+  """Conv with torch's explicit zero padding and, optionally, torch's spectral normalisation.
+
+  Spectral norm follows torch.nn.utils.spectral_norm (not flax's SpectralNorm): the raw weight is the parameter
+  `kernel`; vectors `u` (out) and `v` (in*kh*kw) live in the `spectral` collection. In training each call runs one
+  power iteration and stores the new u, v; in eval sigma = u.W.v from the stored vectors with no iteration. flax's
+  SpectralNorm always iterates and stores no v, so it cannot reproduce an official checkpoint's eval output.
+  `v` is stored in this kernel's flattening order (kh, kw, in); the converter permutes torch's (in, kh, kw) order.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  spectral: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    k, cin = self.kernel_size, x.shape[-1]
+    kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
+    if self.spectral:
+      kernel = self._spectral_normalize(kernel, train)
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (self.stride, self.stride), [(self.padding, self.padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(y.dtype)
+    return y
+
+  def _spectral_normalize(self, kernel, train):
+    w_mat = kernel.reshape(-1, self.features).T  # (out, kh*kw*in)
+    init_u = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_mat.shape[0],)))
+    init_v = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_mat.shape[1],)))
+    u = self.variable("spectral", "u", init_u)
+    v = self.variable("spectral", "v", init_v)
+    if train and not self.is_initializing():
+      w_sg = jax.lax.stop_gradient(w_mat)
+      v.value = _l2_normalize(w_sg.T @ u.value)
+      u.value = _l2_normalize(w_sg @ v.value)
+    sigma = jnp.dot(u.value, w_mat @ v.value)  # gradient flows through W only, as in torch
+    return kernel / sigma
+
+
+class Dense(nn.Module):
+  """Linear layer with the official init (xavier-normal gain 0.02, zero bias)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", xavier_normal(), (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def _stats_dtype(x):
+  """Normalisation statistics in at least float32, also when activations are bfloat16."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def instance_norm(x, eps: float = NORM_EPS):
+  """InstanceNorm2d(affine=False): per sample and channel over H, W, biased variance, statistics in float32."""
+  x32 = x.astype(_stats_dtype(x))
+  mean = x32.mean(axis=(1, 2), keepdims=True)
+  var = jnp.square(x32 - mean).mean(axis=(1, 2), keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class ParamFreeNorm(nn.Module):
+  """SPADE's parameter-free normalisation: 'syncbatch', 'batch' or 'instance'.
+
+  Batch statistics are over the whole (global) batch: under `jax.jit` with a batch sharded over a mesh, XLA inserts
+  the cross-device reductions itself, so 'syncbatch' needs nothing more. Under `shard_map` set `axis_name` to the
+  mapped axis and the statistics are averaged explicitly (two-pass: mean first, then the centred variance).
+  'batch' differs from 'syncbatch' only there: it ignores `axis_name`, giving per-device statistics like torch's
+  BatchNorm2d under DataParallel. Running statistics follow torch: momentum 0.1 and the *unbiased* variance.
+  """
+  kind: str = "syncbatch"
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.kind == "instance":
+      return instance_norm(x)
+    if self.kind not in ("syncbatch", "batch"):
+      raise ValueError(f"param-free norm must be 'syncbatch', 'batch' or 'instance', got {self.kind!r}")
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    x32 = x.astype(_stats_dtype(x))
+    if train:
+      sync = self.axis_name if (self.kind == "syncbatch" and not self.is_initializing()) else None
+      pmean = (lambda t: jax.lax.pmean(t, sync)) if sync else (lambda t: t)
+      mean = pmean(x32.mean(axis=(0, 1, 2)))
+      var = pmean(jnp.square(x32 - mean).mean(axis=(0, 1, 2)))
+      if not self.is_initializing():
+        n = x.shape[0] * x.shape[1] * x.shape[2] * (jax.lax.psum(1, sync) if sync else 1)
+        ra_mean.value = (1 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * mean
+        ra_var.value = (1 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * var * (n / max(n - 1, 1))
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPS)).astype(x.dtype)
+
+
+def nearest_resize(x, size: Sequence[int]):
+  """torch's legacy 'nearest' (F.interpolate default): source index floor(dst * in / out).
+
+  For integer down-sampling this is the top-left pixel of each cell, not jax.image.resize's half-pixel centre rule.
+  """
+  h, w = x.shape[1], x.shape[2]
+  oh, ow = int(size[0]), int(size[1])
+  if (h, w) == (oh, ow):
+    return x
+  if h % oh == 0 and w % ow == 0:
+    return x[:, :: h // oh, :: w // ow]
+  rows = (np.arange(oh) * h) // oh
+  cols = (np.arange(ow) * w) // ow
+  return x[:, rows][:, :, cols]
+
+
+def upsample2x(x):
+  """nn.Upsample(scale_factor=2), nearest: each pixel repeated 2x2."""
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
+def _bilinear_taps(n_in: int, n_out: int):
+  """Source taps of torch bilinear, align_corners=False, no antialias (area_pixel_compute_source_index)."""
+  scale = n_in / n_out
+  src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
+  i0 = np.floor(src).astype(np.int32)
+  i0 = np.minimum(i0, n_in - 1)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  w1 = (src - i0).astype(np.float32)
+  return i0, i1, w1
+
+
+def bilinear_resize(x, size: Sequence[int]):
+  """F.interpolate(mode='bilinear', align_corners=False) without antialiasing (jax.image.resize antialiases)."""
+  h0, h1, wh = _bilinear_taps(x.shape[1], int(size[0]))
+  w0, w1, ww = _bilinear_taps(x.shape[2], int(size[1]))
+  wh = jnp.asarray(wh, x.dtype)[None, :, None, None]
+  ww = jnp.asarray(ww, x.dtype)[None, None, :, None]
+  rows = x[:, h0] * (1 - wh) + x[:, h1] * wh
+  return rows[:, :, w0] * (1 - ww) + rows[:, :, w1] * ww
+
+
+def avg_pool_3x3_s2(x):
+  """avg_pool2d(kernel 3, stride 2, padding 1, count_include_pad=False), between discriminator scales."""
+  return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)

@@ -1,0 +1,1 @@
+"""Pretrained-weight loading: torch-free ``.pth`` reader and download cache."""

@@ -1,0 +1,67 @@
+"""The procedural landscapes generator: determinism, class/style coverage, marker no-op, loadable layout."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from PIL import Image
+
+from spade_jax.data import build_source, demo, make_dataset
+
+from .util import make_cfg
+
+
+def test_samples_are_deterministic_and_cover_classes_and_styles():
+  labels, styles = [], set()
+  for i in range(30):
+    lab, img, style = demo.sample(0, 'train', i, 48)
+    lab2, img2, style2 = demo.sample(0, 'train', i, 48)
+    assert np.array_equal(lab, lab2) and np.array_equal(img, img2) and style == style2
+    assert lab.shape == (48, 48) and lab.dtype == np.uint8 and img.shape == (48, 48, 3) and img.dtype == np.uint8
+    labels.append(lab)
+    styles.add(style)
+  assert set(np.unique(np.stack(labels))) == set(range(demo.NUM_CLASSES))
+  assert styles == set(demo.STYLES)
+  assert all((lab[0] != demo.GRASS).all() for lab in labels)        # sky/cloud/mountain on top
+  assert np.mean([(lab[-1] == demo.SKY).any() for lab in labels]) == 0  # never sky at the bottom
+  assert not np.array_equal(demo.sample(1, 'train', 0, 48)[0], labels[0])
+  assert len(demo.COLORS) == len(demo.CLASS_NAMES) == demo.NUM_CLASSES
+
+
+def test_style_changes_image_not_labels():
+  lab = demo.label_map(np.random.default_rng(0), 32)
+  day = demo.render(lab, np.random.default_rng(1), 'day').astype(float)
+  night = demo.render(lab, np.random.default_rng(1), 'night').astype(float)
+  assert day.mean() > night.mean() + 50
+
+
+def test_generate_writes_layout_marker_noop_and_loads(tmp_path):
+  t = time.perf_counter()
+  out = demo.generate(tmp_path / 'a', num_train=200, num_val=4, size=64, seed=3)
+  assert time.perf_counter() - t < 10.0                             # target < 5 s on 2 cores
+  files = sorted((out / 'train' / 'images').glob('*.png'))
+  assert len(files) == 200 and len(list((out / 'val' / 'labels').glob('*.png'))) == 4
+  lab = Image.open(out / 'train' / 'labels' / '00007.png')
+  img = Image.open(out / 'train' / 'images' / '00007.png')
+  assert lab.mode == 'L' and img.mode == 'RGB' and img.size == (64, 64)
+  ref_lab, ref_img, _ = demo.sample(3, 'train', 7, 64)
+  assert np.array_equal(np.asarray(lab), ref_lab) and np.array_equal(np.asarray(img), ref_img)
+
+  mtime = files[0].stat().st_mtime_ns
+  demo.generate(out, num_train=200, num_val=4, size=64, seed=3)    # same arguments: no-op
+  assert files[0].stat().st_mtime_ns == mtime
+  demo.generate(out, num_train=5, num_val=2, size=32, seed=3)      # different arguments: rewritten
+  assert len(list((out / 'train' / 'images').glob('*.png'))) == 5
+  assert Image.open(out / 'train' / 'images' / '00000.png').size == (32, 32)
+
+  cfg = make_cfg(root=str(out), label_nc=demo.NUM_CLASSES, load_size=32, crop_size=32)
+  assert len(build_source(cfg, 'val')) == 2
+  (b,) = list(make_dataset(cfg, split='train', batch_size=4, seed=0, train=True, num_epochs=1))
+  assert b['image'].shape == (4, 32, 32, 3) and b['label'].max() < demo.NUM_CLASSES
+
+
+def test_cli(tmp_path, capsys):
+  demo.main([f'--out={tmp_path}', '--num_train=2', '--num_val=1', '--size=32'])
+  assert 'label_nc=7' in capsys.readouterr().out
+  assert len(list((tmp_path / 'train' / 'labels').glob('*.png'))) == 2
