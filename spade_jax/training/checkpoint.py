@@ -1,0 +1,244 @@
+"""Checkpoints on Orbax: the train state, the grain iterator position and the run config, one folder per step.
+
+Layout: ``{workdir}/checkpoints/{step}/{state,data_iter,config}``.
+
+* ``state`` is a plain nested dict (``{'step', 'g', 'd', 'e'?, 'opt_g', 'opt_d'}``) of (possibly sharded) jax.Arrays,
+  so `restore_subtrees` can read the generator back in a notebook without model code or the training mesh.
+* ``data_iter`` is optional: a resumed run continues mid-epoch from the same batch.
+* ``config`` is a JSON dict, so eval and the converter can rebuild the model from the checkpoint alone.
+
+Multi-host: every process must call `Checkpointer.save` / `Checkpointer.restore` (they are collectives; each process
+writes its own shards and its own grain state ``process_<i>-of-<n>.json``). `restore_subtrees` / `read_config_dir`
+are single-process readers (notebook, converter, eval).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Iterable
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+logger = logging.getLogger('spade_jax.training')
+
+STATE, DATA_ITER, CONFIG = 'state', 'data_iter', 'config'
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  """Where a run in `workdir` keeps its checkpoints (epath: local paths and gs:// alike)."""
+  return epath.Path(workdir) / 'checkpoints'
+
+
+def _abs(directory) -> epath.Path:
+  # Orbax rejects relative paths ("Checkpoint path should be absolute"); gs:// paths already are.
+  p = epath.Path(directory)
+  return p if p.is_absolute() else p.absolute()
+
+
+def _item_handlers(state_handler) -> dict:
+  # Registered up front so that restores without a target for an item, and item_metadata(), work.
+  return {STATE: state_handler, DATA_ITER: grain.checkpoint.CheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
+
+
+def is_finite_tree(tree) -> bool:
+  """True if every float leaf of `tree` is free of NaN/Inf (integer and PRNG-key leaves are ignored).
+
+  The reductions run where the arrays live (sharded arrays are not gathered); only one bool per leaf comes back
+  to the host, all fetched at once.
+  """
+  flags = []
+  for x in jax.tree.leaves(tree):
+    if isinstance(x, (float, complex)):
+      flags.append(np.isfinite(x))
+    elif hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact):
+      flags.append(jnp.isfinite(x).all() if isinstance(x, jax.Array) else np.isfinite(x).all())
+  return all(bool(f) for f in jax.device_get(flags))
+
+
+class Checkpointer:
+  """The training loop's checkpoints: async saves, keep the last `max_to_keep`, resume onto any mesh.
+
+  Use as a context manager (or call `close()`) so the last async save is finished before the process exits.
+  """
+
+  def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True):
+    self.directory = _abs(directory)
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save),
+        item_handlers=_item_handlers(ocp.StandardCheckpointHandler()))
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def save(self, step: int, state, *, data_iter=None, config: dict | None = None, force: bool = True) -> None:
+    """Writes `state` (and the iterator position / config) at `step`, asynchronously unless async_save=False.
+
+    Raises ValueError for a state with NaN/Inf, so a diverged run never replaces a good checkpoint. A step that
+    already exists is skipped: a run resumed after preemption may reach the step it was restored from again.
+    `force=False` defers to orbax's own should_save (e.g. skips steps <= the latest one). Arrays are copied to
+    host before this returns (orbax's default synchronous D2H), so the next train step may donate `state`.
+    """
+    step = int(step)
+    if not is_finite_tree(state):
+      raise ValueError(f'refusing to save checkpoint at step {step}: the state has NaN/Inf values '
+                       f'(the previous checkpoints in {self.directory} are kept)')
+    if step in self._mngr.all_steps():
+      logger.info('checkpoint for step %d already exists in %s; not saving it again', step, self.directory)
+      return
+    args = {STATE: ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      args[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
+    if config is not None:
+      args[CONFIG] = ocp.args.JsonSave(config)
+    self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def restore(self, step: int | None = None, *, abstract_state, data_iter=None):
+    """Returns the state at `step` (None = latest), laid out as `abstract_state` says.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct with `sharding=` set for the *current* mesh, e.g.
+    ``jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(init), shardings)``;
+    it also brings back the optax namedtuples. `data_iter`, if given, is moved in place to the saved position
+    (left as is, with a warning, when the checkpoint has no iterator state).
+    """
+    step = _resolve_step(self._mngr, self.directory, step)
+    args = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      if _has_item(self._mngr, step, DATA_ITER):
+        args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
+      else:
+        logger.warning('checkpoint %s/%d has no data iterator state; the iterator starts afresh', self.directory, step)
+    return self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
+
+  def read_config(self, step: int | None = None) -> dict:
+    """The config dict saved with `step` (None = latest)."""
+    return _read_config(self._mngr, self.directory, step)
+
+  def wait(self) -> None:
+    """Blocks until the pending async save is on disk."""
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.close()  # waits for the pending save
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _resolve_step(mngr, directory, step) -> int:
+  steps = mngr.all_steps()
+  if step is None:
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint found in {directory}')
+    return max(steps)
+  if int(step) not in steps:
+    raise FileNotFoundError(f'no checkpoint for step {step} in {directory} (available: {sorted(steps)})')
+  return int(step)
+
+
+def _has_item(mngr, step: int, name: str) -> bool:
+  return (epath.Path(mngr.directory) / str(step) / name).is_dir()
+
+
+def _read_config(mngr, directory, step) -> dict:
+  step = _resolve_step(mngr, directory, step)
+  if not _has_item(mngr, step, CONFIG):
+    raise FileNotFoundError(f'checkpoint {directory}/{step} has no config')
+  return mngr.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+
+
+def _reader(directory) -> ocp.CheckpointManager:
+  directory = _abs(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(f'no checkpoint directory {directory}')
+  # PyTreeCheckpointHandler (not Standard) for 'state': it allows partial_restore of some top-level keys.
+  return ocp.CheckpointManager(
+      directory,
+      # Not read_only=True: that logs a warning on every open; this manager never saves, so it writes nothing.
+      options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False),
+      item_handlers=_item_handlers(ocp.PyTreeCheckpointHandler()))
+
+
+def restore_subtrees(directory, keys: Iterable[str] = ('g', 'e'), step: int | None = None, *, device=None) -> dict:
+  """Reads only `keys` of the saved state onto one device, with no model code and whatever mesh wrote it.
+
+  For notebooks, eval and the weight converter: the target tree is built from the checkpoint's own metadata.
+  Keys absent from the checkpoint (e.g. 'e' without the VAE encoder) are absent from the result.
+  `directory` is the checkpoints folder (`checkpoint_dir(workdir)`).
+  """
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  with _reader(directory) as mngr:
+    step = _resolve_step(mngr, directory, step)
+    tree = mngr.item_metadata(step)[STATE].tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          {k: tree[k] for k in keys if k in tree})
+    if not target:
+      return {}
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    return dict(mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE])
+
+
+def read_config_dir(directory, step: int | None = None) -> dict:
+  """The config dict of checkpoint `step` (None = latest) in the checkpoints folder `directory`."""
+  with _reader(directory) as mngr:
+    return _read_config(mngr, directory, step)
+
+
+class PreemptionGuard:
+  """Turns SIGTERM (and SIGINT) into a flag the loop polls each step, so it can save a checkpoint and exit.
+
+  with PreemptionGuard() as guard:
+    for step in ...:
+      ...
+      if guard.should_stop(step):
+        ckpt.save(step, state, ...); break
+
+  Multi-host: a signal reaches only some hosts, and all must save at the same step, so with process_count() > 1
+  no handler is installed (JAX's preemption service owns SIGTERM there) and `should_stop` asks
+  `multihost_utils.reached_preemption_sync_point(step)` instead; call it on every host at every step.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self.signals = tuple(signals)
+    self.requested = False
+    self._previous = {}
+
+  def _handler(self, signum, frame):
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C stops at once
+    logger.warning('received signal %d: will checkpoint and stop after this step', signum)
+    self.requested = True
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handler) for s in self.signals}
+    return self
+
+  def __exit__(self, *exc):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    self._previous = {}
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return self.requested or multihost_utils.reached_preemption_sync_point(int(step))
+      except RuntimeError:  # preemption service disabled
+        return self.requested
+    return self.requested

@@ -1,0 +1,1 @@
+"""Tests for spade_jax.training."""
