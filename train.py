@@ -1,5 +1,34 @@
-"""Training entry point (issue #3, not yet built)."""
-import sys
+"""Train SPADE: python train.py --config=configs/cityscapes.py --workdir=DIR [--config.x.y=v ...]
+
+Resumes from DIR's latest checkpoint by itself. Multi-host: launch one process per host (see README).
+"""
+import logging as pylogging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+
+
+class _QuietLibraries:
+  """Orbax logs every checkpoint step at INFO through absl; keep its warnings, drop its chatter."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  pylogging.getLogger("absl").addFilter(_QuietLibraries())  # orbax logs through absl's logger
+  from spade_jax import parallel  # noqa: PLC0415 (after flag parsing; before any JAX computation)
+  parallel.maybe_initialize_distributed()
+  from spade_jax.training.loop import train_and_evaluate  # noqa: PLC0415
+  logging.info("config:\n%s", _CONFIG.value)
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
 
 if __name__ == "__main__":
-  sys.exit("train.py: training is not implemented yet; it is tracked as issue #3.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -62,4 +62,15 @@ def get_config():
   t.batch_size = 32         # global batch (paper: 32 on 8 GPUs)
   t.niter = 50              # epochs at constant lr (official default)
   t.niter_decay = 0         # epochs of linear decay to 0 after niter
+  t.num_steps = 0           # > 0 overrides the epoch count (e.g. a quick run)
+  t.log_every = 50          # steps between scalar logs (also the NaN check)
+  t.sample_every = 1000     # steps between sample grids (label | synthesis | real)
+  t.checkpoint_every = 2000
+  t.keep_checkpoints = 3
+  t.progress_every_secs = 30.0
+  t.init_from = ""          # a workdir or converted official checkpoint to start G (and D, E) from
+  t.use_shard_map = False   # per-device step with explicit pmean instead of jit over global arrays
+
+  c.parallel = p = ml_collections.ConfigDict()
+  p.num_data = -1           # devices on the data axis (-1 = all devices of all hosts)
   return c

@@ -7,6 +7,11 @@ Pure-digit path parts are nn.Sequential wrappers and vanish (`mlp_shared.0` -> `
 `discriminator_0.model1.0.0` -> `discriminator_0/model1`). Two linear layers need their NCHW order permuted to NHWC:
 the VAE generator's `fc` (its output is viewed as (C, sh, sw)) and the encoder's `fc_mu`/`fc_var` (their input is an
 NCHW flatten).
+
+Both spectral-norm formats convert: the current `weight_orig/weight_u/weight_v`, and the old (torch 0.4) one with a
+stored normalised `weight` and no `weight_v`, for which v is rebuilt so that the eval-mode sigma u.W.v equals
+weight_orig / weight (`_old_format_v`). `expected_state_dict` / `check_state_dict` read the table backwards, to
+report a wrong or truncated file in its own key names and torch shapes.
 """
 from __future__ import annotations
 
@@ -68,8 +73,13 @@ def torch_to_variables(state_dict: Mapping[str, np.ndarray], network: str, *,
       orig = sd.get(key[: -len("weight_v")] + "weight_orig")
       if orig is None:
         raise ConversionError(f"{key} has no matching weight_orig")
-      o, i, kh, kw = orig.shape
-      _set(out, "spectral", path, "v", value.reshape(i, kh, kw).transpose(1, 2, 0).reshape(-1))
+      _set(out, "spectral", path, "v", _torch_v_to_ours(value, orig.shape))
+    elif leaf == "weight" and key[: -len("weight")] + "weight_orig" in sd:
+      # Old (torch 0.4) spectral-norm format: a stored normalised `weight`, no `weight_v`. weight_orig is the
+      # kernel; v is rebuilt so that eval-mode sigma = u.W.v equals weight_orig / weight (see _old_format_v).
+      prefix = key[: -len("weight")]
+      if prefix + "weight_v" not in sd:
+        _set(out, "spectral", path, "v", _old_format_v(prefix, sd))
     elif leaf == "weight" and value.ndim == 4:
       _set(out, "params", path, "kernel", _conv(value))
     elif leaf == "weight" and value.ndim == 2:
@@ -79,6 +89,41 @@ def torch_to_variables(state_dict: Mapping[str, np.ndarray], network: str, *,
     else:
       raise ConversionError(f"unexpected key {key!r} with shape {tuple(value.shape)} for network {network}")
   return out
+
+
+def _torch_v_to_ours(v, weight_shape):
+  """torch flattens v over (in, kh, kw); our kernel matrix flattens over (kh, kw, in)."""
+  o, i, kh, kw = weight_shape
+  return np.ascontiguousarray(np.asarray(v).reshape(i, kh, kw).transpose(1, 2, 0).reshape(-1))
+
+
+def _old_format_v(prefix: str, sd: Mapping[str, np.ndarray]) -> np.ndarray:
+  """v for an old-format spectral-norm conv (`weight`, `weight_orig`, `weight_u`; no `weight_v`).
+
+  torch's load hook solves W v = u by a pseudo-inverse and rescales v so that u.W.v = sigma, with
+  sigma = mean(weight_orig / weight). Eval mode only ever uses the product u.W.v, so any v with u.W.v = sigma gives
+  the same output; we take v = sigma * W^T u / |W^T u|^2 (exact, no pseudo-inverse of an in*kh*kw square matrix),
+  with sigma = <weight_orig, weight> / <weight, weight> (= the elementwise ratio, robust to zeros in `weight`).
+  Training is unaffected by the choice: torch's power iteration, and ours, recompute v from u before using it.
+  """
+  u = sd.get(prefix + "weight_u")
+  if u is None:
+    raise ConversionError(f"old-format spectral norm {prefix}weight has no {prefix}weight_u (cannot rebuild "
+                          f"{prefix}weight_v)")
+  w_orig, w = np.asarray(sd[prefix + "weight_orig"], np.float64), np.asarray(sd[prefix + "weight"], np.float64)
+  if w.shape != w_orig.shape:
+    raise ConversionError(f"{prefix}weight {list(w.shape)} and {prefix}weight_orig {list(w_orig.shape)} differ "
+                          "in shape")
+  w_mat = w_orig.reshape(w_orig.shape[0], -1)
+  if u.shape != (w_mat.shape[0],):
+    raise ConversionError(f"{prefix}weight_u has shape {list(u.shape)}, expected [{w_mat.shape[0]}]")
+  denom = float((w * w).sum())
+  a = w_mat.T @ np.asarray(u, np.float64)
+  if denom == 0 or float(a @ a) == 0:
+    raise ConversionError(f"old-format spectral norm {prefix}weight: all-zero weight or u, sigma is undefined")
+  sigma = float((w_orig * w).sum()) / denom
+  v = a * (sigma / float(a @ a))
+  return _torch_v_to_ours(v.astype(np.float32), w_orig.shape)
 
 
 def _vae_fc_grid(sd, latent_hw, out_features):
@@ -140,3 +185,89 @@ def check_variables(converted: Mapping, expected: Mapping, what: str) -> None:
       if items:
         lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
     raise ConversionError("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same table read backwards: which official keys (and torch shapes) a model's variables correspond to, so that
+# a wrong or truncated file is reported in the file's own key names before anything is converted.
+# ---------------------------------------------------------------------------------------------------------------
+
+_BUFFER_NAMES = {("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var",
+                 ("spectral", "u"): "weight_u", ("spectral", "v"): "weight_v"}
+
+
+def _torch_module(path: list[str], network: str, last_group: int) -> str:
+  """Our module path -> the official module prefix (nn.Sequential indices put back)."""
+  if network == "G":
+    return ".".join(p + ".0" if p == "mlp_shared" else p for p in path)
+  if network == "D":  # discriminator_i.model0.0 / model{1..n-1}.0.0 (conv inside Sequential(conv, IN)) / model{n}.0
+    *head, group = path
+    n = int(group[len("model"):])
+    return ".".join(head + [group, "0" if n in (0, last_group) else "0.0"])
+  if network == "E":
+    return ".".join(p + ".0" if p.startswith("layer") else p for p in path)
+  raise ConversionError(f"no official key table for network {network!r}")
+
+
+def expected_state_dict(variables: Mapping, network: str) -> dict[str, tuple]:
+  """{official key: torch shape} that the variable tree `variables` (e.g. jax.eval_shape(model.init)) converts from.
+
+  Optional keys (`num_batches_tracked`) are not listed. Conv kernels [kh, kw, I, O] are [O, I, kh, kw] in torch,
+  dense kernels [in, out] are [out, in]; a spectral-norm conv's kernel is `weight_orig`.
+  """
+  flat = flatten(variables)
+  groups = [int(p[len("model"):]) for k in flat for p in k.split("/") if p.startswith("model") and p[5:].isdigit()]
+  last_group = max(groups, default=-1)
+  sn_modules = {tuple(k.split("/")[1:-1]) for k in flat if k.startswith("spectral/")}
+  out = {}
+  for name, shape in flat.items():
+    collection, *path, leaf = name.split("/")
+    prefix = _torch_module(path, network, last_group)
+    if collection == "params" and leaf == "kernel":
+      tleaf = "weight_orig" if tuple(path) in sn_modules else "weight"
+      tshape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(reversed(shape))
+    elif collection == "params" and leaf == "bias":
+      tleaf, tshape = "bias", shape
+    elif (collection, leaf) in _BUFFER_NAMES:
+      tleaf, tshape = _BUFFER_NAMES[collection, leaf], shape
+    else:
+      raise ConversionError(f"variable {name} has no official counterpart")
+    out[f"{prefix}.{tleaf}" if prefix else tleaf] = tuple(tshape)
+  return out
+
+
+def _fmt(shape) -> str:
+  return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def check_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple], what: str,
+                     max_items: int = 20) -> None:
+  """Raise ConversionError listing every missing / unexpected official key and every shape mismatch, in the file's
+  own key names and torch shapes. Accepts both spectral-norm formats (`weight_v`, or the old normalised `weight`)
+  and ignores `num_batches_tracked`."""
+  got = {k: tuple(np.shape(v)) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+  for k in [k for k in got if k == "weight" or k.endswith(".weight")]:
+    prefix = k[: -len("weight")]
+    if (prefix + "weight_orig" in got and prefix + "weight_v" in expected and prefix + "weight_v" not in got
+        and got[k] == got[prefix + "weight_orig"]):
+      del got[k]  # old format: the stored normalised weight stands in for weight_v
+      got[prefix + "weight_v"] = tuple(expected[prefix + "weight_v"])
+  missing = [k for k in expected if k not in got]
+  unexpected = [k for k in got if k not in expected]
+  mismatched = [k for k in expected if k in got and got[k] != tuple(expected[k])]
+  if not (missing or unexpected or mismatched):
+    return
+
+  def show(keys, fmt):
+    return "\n".join("    " + fmt(k) for k in keys[:max_items]) + (
+        f"\n    ... and {len(keys) - max_items} more" if len(keys) > max_items else "")
+
+  lines = [f"{what} does not match the model ({len(got)} keys in the file, {len(expected)} expected):"]
+  if missing:
+    lines += [f"  missing keys ({len(missing)}):", show(missing, lambda k: f"{k} {_fmt(expected[k])}")]
+  if unexpected:
+    lines += [f"  unexpected keys ({len(unexpected)}):", show(unexpected, lambda k: f"{k} {_fmt(got[k])}")]
+  if mismatched:
+    lines += [f"  shape mismatches ({len(mismatched)}):",
+              show(mismatched, lambda k: f"{k}: file {_fmt(got[k])}, model {_fmt(expected[k])}")]
+  raise ConversionError("\n".join(lines))

@@ -1,0 +1,141 @@
+"""train.py end to end on tiny demo data: exact resume after SIGKILL, preemption (SIGTERM), NaN stop, and a
+checkpoint written on 8 devices resuming on one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import configs.demo
+from spade_jax.training import checkpoint as ckpt_lib
+from spade_jax.training import loop
+from spade_jax.training.writer import read_metrics
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(data, steps, every=2):
+  return {"data.root": str(data), "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 16,
+          "data.demo_num_val": 4, "model.ngf": 4, "model.ndf": 4, "train.batch_size": 8, "train.log_every": 1,
+          "train.sample_every": 1000, "train.checkpoint_every": every, "train.num_steps": steps,
+          "train.progress_every_secs": 1.0}
+
+
+def _train_cmd(workdir, overrides):
+  return [sys.executable, str(REPO / "train.py"), "--config=" + str(REPO / "configs" / "demo.py"),
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def _env():
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             PYTHONPATH=str(REPO))
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def _state(workdir, step=None):
+  return ckpt_lib.restore_subtrees(ckpt_lib.checkpoint_dir(workdir), keys=("step", "g", "d", "e", "opt_g", "opt_d"),
+                                   step=step)
+
+
+def _assert_trees_identical(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), "resumed run differs from the uninterrupted one"
+
+
+def test_sigkill_then_resume_is_bit_exact(tmp_path):
+  steps, data = 24, tmp_path / "data"
+  ov = _overrides(data, steps)
+  subprocess.run(_train_cmd(tmp_path / "a", ov), env=_env(), check=True, capture_output=True, timeout=600)
+
+  proc = subprocess.Popen(_train_cmd(tmp_path / "b", ov), env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckdir = tmp_path / "b" / "checkpoints"
+  deadline = time.time() + 600
+  while not (ckdir / "4").is_dir() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+  killed_at = ckpt_lib.Checkpointer(ckdir).latest_step()
+  assert killed_at is not None and killed_at < steps
+
+  subprocess.run(_train_cmd(tmp_path / "b", ov), env=_env(), check=True, capture_output=True, timeout=600)
+  _assert_trees_identical(_state(tmp_path / "a"), _state(tmp_path / "b"))
+  want = {m["step"]: m for m in read_metrics(str(tmp_path / "a"))}
+  got = {m["step"]: m for m in read_metrics(str(tmp_path / "b"))}  # the resumed part of b
+  for s in range(killed_at + 1, steps + 1):
+    for k in ("G_total", "D_total", "G_GAN_Feat", "G_KLD"):
+      assert got[s][k] == want[s][k], (s, k)
+
+
+def _config(data, steps, every=2):
+  config = configs.demo.get_config()
+  for k, v in _overrides(data, steps, every).items():
+    node = config
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return config
+
+
+def _wrap_step(monkeypatch, on_call):
+  """Wrap the jitted step so a test can act at a given call (1-based) without touching the loop's code."""
+  real = loop.make_train_step
+  calls = {"n": 0}
+
+  def make(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(*a):
+      calls["n"] += 1
+      state, metrics = step(*a)
+      return state, on_call(calls["n"], metrics)
+    return wrapped
+  monkeypatch.setattr(loop, "make_train_step", make)
+  return calls
+
+
+def test_sigterm_saves_nan_stops_and_8_device_checkpoint_resumes_on_1(tmp_path, monkeypatch):
+  assert jax.device_count() == 8
+  work, data = tmp_path / "w", tmp_path / "data"
+
+  # Preemption: SIGTERM during step 3 -> a checkpoint at step 3, then a clean exit.
+  def sigterm_at_3(n, metrics):
+    if n == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return metrics
+  _wrap_step(monkeypatch, sigterm_at_3)
+  loop.train_and_evaluate(_config(data, steps=10, every=100), str(work))
+  assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(work)).all_steps() == [3]
+
+  # A NaN loss at step 5 (the 2nd call after resuming at 3): stop, name the step and the last good checkpoint (4).
+  _wrap_step(monkeypatch, lambda n, m: {**m, "G_total": jnp.nan} if n == 2 else m)
+  with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5: \{'G_total': nan\}.*step 4 in"):
+    loop.train_and_evaluate(_config(data, steps=10, every=1), str(work))
+  assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(work)).all_steps() == [3, 4]
+  assert ckpt_lib.read_config_dir(ckpt_lib.checkpoint_dir(work))["train"]["batch_size"] == 8
+
+  # The 8-device checkpoint resumes in a 1-device process and trains on.
+  out = subprocess.run(_train_cmd(work, _overrides(data, 6)), env=_env(), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from step 4" in out.stderr and "1 devices" in out.stderr
+  assert int(_state(work)["step"]) == 6
+
+
+def test_missing_vgg_weights_say_how_to_disable_the_loss(tmp_path):
+  config = configs.demo.get_config()
+  config.loss.lambda_vgg = 10.0
+  config.loss.vgg_weights = str(tmp_path / "nowhere.pth")
+  with pytest.raises(RuntimeError, match=r"nowhere\.pth[\s\S]*--config\.loss\.lambda_vgg=0"):
+    loop._load_vgg(config)
