@@ -139,3 +139,25 @@ def test_missing_vgg_weights_say_how_to_disable_the_loss(tmp_path):
   config.loss.vgg_weights = str(tmp_path / "nowhere.pth")
   with pytest.raises(RuntimeError, match=r"nowhere\.pth[\s\S]*--config\.loss\.lambda_vgg=0"):
     loop._load_vgg(config)
+
+
+def test_demo_checkpoint_synthesis_api_and_cli(tmp_path, monkeypatch):
+  """A trained demo checkpoint (VAE) feeds the notebook API and the synthesis command."""
+  import spade_jax
+  from spade_jax import synthesize as synth_cli
+  from PIL import Image
+  work, data = tmp_path / "w", tmp_path / "data"
+  loop.train_and_evaluate(_config(data, steps=2, every=2), str(work))
+  labels = sorted((data / "val" / "labels").glob("*.png"))[:2]
+  style = sorted((data / "val" / "images").glob("*.png"))[0]
+  model = spade_jax.load(str(work))
+  maps = [Image.open(p) for p in labels]
+  assert model.synthesize(maps).shape == (2, 32, 32, 3) and model.synthesize(maps).dtype == np.uint8
+  # After two steps from the official 0.02-gain init the images are nearly flat grey: compare the float outputs.
+  a = model.synthesize(maps, seed=0, return_float=True)
+  b = model.synthesize(maps, seed=1, return_float=True)
+  s = model.synthesize(maps, style=Image.open(style), return_float=True)
+  assert np.abs(a - b).max() > 0 and np.abs(a - s).max() > 0  # multimodal and style-guided
+  out = synth_cli.main([f"--checkpoint={work}", f"--labels={labels[0].parent}", f"--out={tmp_path / 'out'}",
+                        "--samples=2"])
+  assert len(out) == 2 * 4 and all(p.exists() for p in out)
