@@ -29,9 +29,9 @@ def get_config():
   c.model.encoder_input_size = 128
   c.loss.lambda_vgg = 0.0       # no pretrained VGG19 offline: the perceptual loss is disabled explicitly
   c.train.batch_size = 8
-  c.train.num_steps = 400       # ~7 min on a 2-core CPU; samples follow the label maps by then
+  c.train.num_steps = 320       # ~6 min on a 2-core CPU; samples follow the label maps by then
   c.train.log_every = 50
-  c.train.sample_every = 250
-  c.train.checkpoint_every = 250
+  c.train.sample_every = 160
+  c.train.checkpoint_every = 160
   c.train.progress_every_secs = 15.0
   return c
