@@ -73,4 +73,5 @@ def get_config():
 
   c.parallel = p = ml_collections.ConfigDict()
   p.num_data = -1           # devices on the data axis (-1 = all devices of all hosts)
+  p.shard_params = False    # FSDP-style: store large parameters and optimiser moments split over the devices
   return c

@@ -56,3 +56,23 @@ def global_batch(local: dict, mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
           if k != "index"}
+
+
+def state_shardings(abstract_state, mesh, shard_params: bool = False, min_size: int = 2**18):
+  """Replicated state (data parallelism), or with `shard_params` every array of at least `min_size` elements split
+  over the data axis along its largest divisible dimension (FSDP-style: parameters and optimiser moments are
+  stored sharded and XLA all-gathers them where they are used). Small arrays stay replicated."""
+  n = mesh.devices.size
+
+  def rule(leaf):
+    shape = getattr(leaf, "shape", ())
+    if not shard_params or int(np.prod(shape, dtype=np.int64)) < min_size:
+      return NamedSharding(mesh, P())
+    dims = [d for d in np.argsort(shape)[::-1] if shape[d] % n == 0]
+    if not dims:
+      return NamedSharding(mesh, P())
+    spec = [None] * len(shape)
+    spec[dims[0]] = DATA
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree.map(rule, abstract_state)

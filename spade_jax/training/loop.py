@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import parameter_overview
 
 from spade_jax import colormap, parallel
 from spade_jax.data import make_dataset, steps_per_epoch
@@ -100,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   repl = parallel.replicated(mesh)
   with jax.set_mesh(mesh):
     abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
-    state_sharding = jax.tree.map(lambda _: repl, abstract)
+    state_sharding = parallel.state_shardings(abstract, mesh, config.parallel.shard_params)
     ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
     if ckpt.latest_step() is not None:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
@@ -119,6 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   start = int(jax.device_get(state["step"]))
   if is_main:
+    logging.info("generator parameters:\n%s", parameter_overview.get_parameter_overview(state["g"]["params"]))
     n_g = sum(x.size for x in jax.tree.leaves(g_trainable(state)))
     n_d = sum(x.size for x in jax.tree.leaves(state["d"]["params"]))
     logging.info("G(+E) %s params, D %s params; %d devices; global batch %d; %d steps/epoch; steps %d -> %d",

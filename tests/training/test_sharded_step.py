@@ -10,13 +10,13 @@ from spade_jax.training.step import Model, init_state, make_train_step
 from tests.training.tiny import random_batch, tiny_config
 
 
-def _run(config, ndev, use_shard_map, txs, steps=1):
+def _run(config, ndev, use_shard_map, txs, steps=1, shard_params=False):
   mesh = parallel.make_mesh(ndev)
   model = Model.from_config(config, axis_name=parallel.DATA if use_shard_map else None)
   repl = parallel.replicated(mesh)
   init = lambda r: init_state(model, *txs, r)
   with jax.set_mesh(mesh):
-    sharding = jax.tree.map(lambda _: repl, jax.eval_shape(init, jax.random.key(0)))
+    sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, shard_params, min_size=512)
     state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
     step = make_train_step(model, *txs, mesh, sharding, use_shard_map=use_shard_map)
     metrics = []
@@ -33,11 +33,12 @@ def runs():
   turns rounding noise into +-lr in any implementation. The losses of a first step do not depend on the optimiser."""
   config = tiny_config(use_vae=True)
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)
-  return {name: _run(config, ndev, sm, (sgd, sgd)) for name, ndev, sm in [
-      ("one", 1, False), ("jit8", 8, False), ("shard_map8", 8, True)]}
+  return {name: _run(config, ndev, sm, (sgd, sgd), shard_params=fsdp) for name, ndev, sm, fsdp in [
+      ("one", 1, False, False), ("jit8", 8, False, False), ("shard_map8", 8, True, False),
+      ("jit8_sharded_params", 8, False, True)]}
 
 
-@pytest.mark.parametrize("name", ["jit8", "shard_map8"])
+@pytest.mark.parametrize("name", ["jit8", "shard_map8", "jit8_sharded_params"])
 def test_eight_devices_equal_one_device(runs, name):
   (want, want_m), (got, got_m) = runs["one"], runs[name]
   for k in want_m[0]:
@@ -47,6 +48,16 @@ def test_eight_devices_equal_one_device(runs, name):
   worst = max(jax.tree.leaves(diffs))
   assert worst <= 1e-5, f"{name}: largest state difference {worst}"
   assert int(got["step"]) == 1
+
+
+def test_sharded_params_really_are_sharded():
+  config = tiny_config(use_vae=True)
+  mesh = parallel.make_mesh(8)
+  model = Model.from_config(config)
+  sgd = optax.sgd(1e-2)
+  abstract = jax.eval_shape(lambda r: init_state(model, sgd, sgd, r), jax.random.key(0))
+  specs = [s.spec for s in jax.tree.leaves(parallel.state_shardings(abstract, mesh, True, min_size=512))]
+  assert any(parallel.DATA in tuple(s) for s in specs) and any(tuple(s) == () for s in specs)
 
 
 def test_indivisible_batch_is_a_clear_error():
