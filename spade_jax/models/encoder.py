@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from spade_jax.models.layers import Conv2d, Dense, bilinear_resize, instance_norm, leaky_relu
@@ -37,6 +36,7 @@ class ConvEncoder(nn.Module):
     return Dense(LATENT, name="fc_mu")(x), Dense(LATENT, name="fc_var")(x)
 
 
-def reparameterize(rng, mu, logvar):
-  """z = mu + eps * exp(logvar / 2), eps ~ N(0, I)."""
-  return mu + jax.random.normal(rng, mu.shape, mu.dtype) * jnp.exp(0.5 * logvar)
+def reparameterize(mu, logvar, eps):
+  """z = mu + eps * exp(logvar / 2) for eps ~ N(0, I) drawn by the caller (the train step draws it for the global
+  batch, so a per-device step sees the same noise as a one-device step)."""
+  return mu + eps * jnp.exp(0.5 * logvar)

@@ -21,7 +21,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from spade_jax import losses
-from spade_jax.models import VGG19, build_discriminator, build_encoder, build_generator, output_size, semantic_nc
+from spade_jax.models import VGG19, reparameterize, build_discriminator, build_encoder, build_generator, output_size, semantic_nc
 from spade_jax.parallel import DATA
 from spade_jax.semantics import make_semantics
 
@@ -97,7 +97,7 @@ def _encode(model, e_vars, real, rng, axis_name):
     n, i = mu.shape[0], jax.lax.axis_index(axis_name)
     eps = jax.random.normal(rng, (n * jax.lax.axis_size(axis_name),) + mu.shape[1:], mu.dtype)
     eps = jax.lax.dynamic_slice_in_dim(eps, i * n, n)
-  return mu + eps * jnp.exp(0.5 * logvar), mu, logvar, upd
+  return reparameterize(mu, logvar, eps), mu, logvar, upd
 
 
 def train_step(model: Model, tx_g, tx_d, state, batch, vgg_params, rng, axis_name: str | None = None):
