@@ -44,6 +44,12 @@ def get_config():
   m.spectral_D = True                 # official norm_D 'spectralinstance'
   m.spectral_E = True                 # official norm_E 'spectralinstance'
   m.encoder_input_size = 256          # official: the encoder always resizes to 256x256
+  # Speed and memory (none changes the variables, so official checkpoints convert either way):
+  m.dtype = "float32"                 # compute dtype: float32 | bfloat16 (params, optimiser, norm statistics and
+                                      # spectral-norm power iterations stay float32)
+  m.remat_G = False                   # recompute generator ResBlk activations in the backward pass (less memory)
+  m.remat_D = False                   # the same per discriminator scale
+  m.spade_label_conv = "dense"        # dense | gather: SPADE's label conv as row gathers over one-hot ids
 
   c.loss = l = ml_collections.ConfigDict()
   l.lambda_feat = 10.0      # 0 disables feature matching (official --no_ganFeat_loss)
@@ -70,6 +76,20 @@ def get_config():
   t.progress_every_secs = 30.0
   t.init_from = ""          # a workdir or converted official checkpoint to start G (and D, E) from
   t.use_shard_map = False   # per-device step with explicit pmean instead of jit over global arrays
+  t.grad_accum = 1          # micro-batches per update: the global batch is split k ways (memory / k per step)
+  t.ema_decay = 0.0         # > 0: keep an EMA of G (+ E) weights for eval and synthesis (imaginaire: 0.9999)
+  t.ema_start = 1000        # steps before which the EMA copies the weights (imaginaire: 1000)
+
+  c.eval = e = ml_collections.ConfigDict()  # periodic evaluation during training (eval.py has the same options)
+  e.every_steps = 0         # > 0: FID and segmentation scores every N steps and at the end, on the training mesh;
+                            # -1: at the end only; 0: never (eval.py evaluates any checkpoint)
+  e.num_images = 0          # validation images per evaluation (0 = the whole split)
+  e.batch_size = 8          # rounded up to a multiple of the device count
+  e.fid = True
+  e.inception_weights = ""  # '' = the download cache; 'random' only for smoke tests
+  e.segmenter = "auto"      # auto (the data set's network) | none
+  e.segmenter_weights = ""  # DRN .pth (Cityscapes, required); 'enc.pth,dec.pth' (ADE20K); DeepLab .pth (COCO)
+  e.demo_segmenter_steps = 0  # 0 = default
 
   c.parallel = p = ml_collections.ConfigDict()
   p.num_data = -1           # devices on the data axis (-1 = all devices of all hosts)

@@ -34,4 +34,9 @@ def get_config():
   c.train.sample_every = 160
   c.train.checkpoint_every = 160
   c.train.progress_every_secs = 15.0
+  # At the end: the segmentation score of the synthesis (a small segmenter trained on the real demo images, ~1 min
+  # on first use) next to its real-image ceiling. FID needs the pytorch-fid Inception weights (downloaded once):
+  # --config.eval.fid=True.
+  c.eval.every_steps = -1        # at the end only
+  c.eval.fid = False
   return c

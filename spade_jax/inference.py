@@ -45,18 +45,27 @@ def resolve_checkpoint(path, step: int | None = None) -> tuple[pathlib.Path, int
                           "python -m spade_jax.convert)")
 
 
-def load(checkpoint, step: int | None = None, *, device=None) -> "Synthesizer":
-  """A Synthesizer for the checkpoint (latest step unless `step`), on one device (default: the first)."""
+def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = True) -> "Synthesizer":
+  """A Synthesizer for the checkpoint (latest step unless `step`), on one device (default: the first).
+
+  Runs trained with `train.ema_decay > 0` keep an exponential moving average of the generator (and encoder)
+  weights; it is used unless `use_ema=False` (`Synthesizer.weights` says which).
+  """
   import ml_collections  # noqa: PLC0415
   from spade_jax.training.checkpoint import read_config_dir, restore_subtrees  # noqa: PLC0415
   ckdir, step = resolve_checkpoint(checkpoint, step)
   config = ml_collections.ConfigDict(read_config_dir(ckdir, step))
   if step is None:
     step = max(int(c.name) for c in ckdir.iterdir() if c.name.isdigit() and (c / "state").is_dir())
-  trees = restore_subtrees(ckdir, ("g", "e"), step, device=device)
+  trees = restore_subtrees(ckdir, ("g", "e") + (("ema",) if use_ema else ()), step, device=device)
   if "g" not in trees:
     raise ValueError(f"checkpoint {ckdir}/{step} has no generator ('g') in its state")
-  return Synthesizer(config, trees["g"], trees.get("e"), step=step, source=str(ckdir))
+  g, e, weights = trees["g"], trees.get("e"), "live"
+  if "ema" in trees:
+    g = {**g, "params": trees["ema"]["g"]}
+    e = None if e is None else {**e, "params": trees["ema"]["e"]}
+    weights = "ema"
+  return Synthesizer(config, g, e, step=step, source=str(ckdir), weights=weights)
 
 
 def tensor2im(x) -> np.ndarray:
@@ -98,7 +107,7 @@ def _open(item):
 def _generate(generator, label_nc, contain_dontcare_label, no_instance, g_vars, label, instance, z):
   sem = make_semantics(label, instance, label_nc=label_nc, contain_dontcare_label=contain_dontcare_label,
                        no_instance=no_instance)
-  return generator.apply(g_vars, sem, z, train=False)
+  return generator.apply(g_vars, sem, z, train=False).astype(jax.numpy.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -110,14 +119,16 @@ class Synthesizer:
   """A generator (+ VAE encoder) ready for inference: `synthesize(labels, instances=None, style=None, seed=0)`.
 
   Attributes: `config`, `image_size` (H, W), `num_classes` (label_nc + don't-care slot), `class_names`, `palette`
-  (uint8 [num_classes, 3], the data set's colours: `colorize(labels)`), `use_vae`, `has_encoder`, `step`.
+  (uint8 [num_classes, 3], the data set's colours: `colorize(labels)`), `use_vae`, `has_encoder`, `step`,
+  `weights` ('ema' or 'live').
   """
 
-  def __init__(self, config, g_variables, e_variables=None, *, step: int | None = None, source: str = ""):
+  def __init__(self, config, g_variables, e_variables=None, *, step: int | None = None, source: str = "",
+               weights: str = "live"):
     from spade_jax import colormap  # noqa: PLC0415
     from spade_jax.models import build_encoder, build_generator, output_size  # noqa: PLC0415
     self.config = config
-    self.step, self.source = step, source
+    self.step, self.source, self.weights = step, source, weights
     d, m = config.data, config.model
     self.label_nc, self.contain_dontcare_label, self.no_instance = d.label_nc, d.contain_dontcare_label, d.no_instance
     self.num_classes = d.label_nc + int(d.contain_dontcare_label)

@@ -42,12 +42,18 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
-def check_batch_size(global_batch: int, mesh) -> int:
-  """The per-host batch; the global batch must split evenly over devices (the official code asserts the same)."""
+def check_batch_size(global_batch: int, mesh, grad_accum: int = 1) -> int:
+  """The per-host batch; the global batch must split evenly over devices (the official code asserts the same) and,
+  with gradient accumulation, over devices x micro-batches."""
   n = mesh.devices.size
   if global_batch % n:
     raise ValueError(f"config.train.batch_size={global_batch} must be divisible by the {n} devices of the mesh "
                      f"(e.g. {max(n, global_batch // n * n)})")
+  if global_batch % (n * grad_accum):
+    m = n * grad_accum
+    raise ValueError(f"config.train.batch_size={global_batch} must be divisible by devices x grad_accum = {n} x "
+                     f"{grad_accum} = {m}, so that every micro-batch splits evenly over the devices (e.g. "
+                     f"{max(m, global_batch // m * m)})")
   return global_batch // jax.process_count()
 
 

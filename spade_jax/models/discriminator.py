@@ -1,6 +1,8 @@
 """Multiscale PatchGAN discriminator (pix2pixHD style, with SPADE's May-2019 fix: 4 layers, last two stride 1)."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 
 from spade_jax.models.layers import Conv2d, avg_pool_3x3_s2, instance_norm, leaky_relu
@@ -34,17 +36,24 @@ class MultiscaleDiscriminator(nn.Module):
   """num_D sub-discriminators on successively average-pooled inputs; returns a list (per scale) of feature lists.
 
   The input is concat([semantics, image], channel axis): one-hot (+ don't-care) (+ edges) first, then RGB.
+  `dtype` is the compute dtype (parameters and the spectral-norm iteration stay float32); `remat` recomputes each
+  scale's activations in the backward pass.
   """
   num_D: int = 2
   ndf: int = 64
   n_layers: int = 4
   spectral: bool = True
+  dtype: Any = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    scale = nn.remat(NLayerDiscriminator, static_argnums=(2,)) if self.remat else NLayerDiscriminator
     outputs = []
     for i in range(self.num_D):
-      outputs.append(NLayerDiscriminator(self.ndf, self.n_layers, self.spectral, name=f"discriminator_{i}")(x, train))
+      outputs.append(scale(self.ndf, self.n_layers, self.spectral, name=f"discriminator_{i}")(x, train))
       if i + 1 < self.num_D:
         x = avg_pool_3x3_s2(x)
     return outputs

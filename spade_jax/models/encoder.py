@@ -1,6 +1,8 @@
 """The VAE image encoder: a real image -> (mu, logvar) of the 256-d style code z."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -18,9 +20,12 @@ class ConvEncoder(nn.Module):
   ndf: int = 64
   input_size: int = 256
   spectral: bool = True
+  dtype: Any = None  # compute dtype; parameters, instance-norm statistics and spectral norm stay float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
     s = self.input_size
     if s % 64 or s < 128:
       # Six stride-2 convs leave an (s/64)^2 map; at 1x1 instance norm would zero every feature.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from spade_jax.models.discriminator import MultiscaleDiscriminator
@@ -14,22 +15,45 @@ def semantic_nc(data_cfg) -> int:
   return data_cfg.label_nc + int(data_cfg.contain_dontcare_label) + int(not data_cfg.no_instance)
 
 
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: the float32 default, no casts
+LABEL_CONVS = ("dense", "gather")
+
+
+def compute_dtype(model_cfg):
+  """config.model.dtype -> the modules' `dtype` (None for float32). Checkpoints written before the option existed
+  have no such key: float32."""
+  name = str(model_cfg.get("dtype", "float32"))
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+def spade_label_channels(config) -> int:
+  """K > 0 (the one-hot channels) when SPADE's label convs gather kernel rows (model.spade_label_conv='gather')."""
+  kind = str(config.model.get("spade_label_conv", "dense"))
+  if kind not in LABEL_CONVS:
+    raise ValueError(f"config.model.spade_label_conv must be one of {LABEL_CONVS}, got {kind!r}")
+  return config.data.label_nc + int(config.data.contain_dontcare_label) if kind == "gather" else 0
+
+
 def build_generator(config, axis_name: str | None = None) -> SPADEGenerator:
   m = config.model
   return SPADEGenerator(
       ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=config.data.crop_size,
       aspect_ratio=config.data.aspect_ratio, use_vae=m.use_vae, spectral=m.spectral_G,
-      param_free_norm=m.param_free_norm, spade_kernel=m.spade_kernel, axis_name=axis_name)
+      param_free_norm=m.param_free_norm, spade_kernel=m.spade_kernel, axis_name=axis_name,
+      dtype=compute_dtype(m), remat=bool(m.get("remat_G", False)), label_channels=spade_label_channels(config))
 
 
 def build_discriminator(config) -> MultiscaleDiscriminator:
   m = config.model
-  return MultiscaleDiscriminator(num_D=m.num_D, ndf=m.ndf, n_layers=m.n_layers_D, spectral=m.spectral_D)
+  return MultiscaleDiscriminator(num_D=m.num_D, ndf=m.ndf, n_layers=m.n_layers_D, spectral=m.spectral_D,
+                                 dtype=compute_dtype(m), remat=bool(m.get("remat_D", False)))
 
 
 def build_encoder(config) -> ConvEncoder:
   m = config.model
-  return ConvEncoder(ndf=m.ngf, input_size=m.encoder_input_size, spectral=m.spectral_E)
+  return ConvEncoder(ndf=m.ngf, input_size=m.encoder_input_size, spectral=m.spectral_E, dtype=compute_dtype(m))
 
 
 def count_params(variables) -> int:

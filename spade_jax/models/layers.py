@@ -34,6 +34,50 @@ def _l2_normalize(x):
   return x / jnp.maximum(jnp.linalg.norm(x), SN_EPS)
 
 
+def conv2d(x, kernel, bias=None, stride: int = 1, padding: int = 0):
+  """torch's Conv2d forward (explicit symmetric zero padding), computed in x's dtype (float32 weights are cast)."""
+  y = jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), (stride, stride), [(padding, padding)] * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def onehot_conv2d(ids, kernel, padding: int):
+  """conv2d(one_hot(ids, K), kernel[:, :, :K]) at stride 1, as a sum of k*k row gathers instead of a convolution.
+
+  A convolution over a one-hot map multiplies K - 1 zeros per tap; here each output pixel adds the kernel rows of the
+  classes under its k*k taps (out-of-image taps index an all-zero row, which is the zero padding). The result is the
+  same sum in another order (fp32 rounding), and the gradient w.r.t. the kernel is a scatter-add of the output
+  gradient into those rows: no dense weight gradient over K input channels either.
+  """
+  k, _, num_classes, cout = kernel.shape
+  table = jnp.concatenate([kernel, jnp.zeros((k, k, 1, cout), kernel.dtype)], axis=2)  # row K: padding
+  ids = jnp.pad(ids, ((0, 0), (padding, padding), (padding, padding)), constant_values=num_classes)
+  h, w = ids.shape[1] - k + 1, ids.shape[2] - k + 1
+  out = None
+  for dy in range(k):
+    for dx in range(k):
+      rows = jnp.take(table[dy, dx], ids[:, dy:dy + h, dx:dx + w], axis=0)
+      out = rows if out is None else out + rows
+  return out
+
+
+class ConvParams(nn.Module):
+  """The `kernel` (and `bias`) of a Conv2d, created with the same names and init but not applied, so that several
+  convs can run as one (SPADE's gamma and beta) while the variables keep the official layout."""
+  features: int
+  kernel_size: int
+  in_features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self):
+    k = self.kernel_size
+    kernel = self.param("kernel", xavier_normal(), (k, k, self.in_features, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+    return kernel, bias
+
+
 class Conv2d(nn.Module):
   """Conv with torch's explicit zero padding and, optionally, torch's spectral normalisation.
 
@@ -42,6 +86,7 @@ class Conv2d(nn.Module):
   power iteration and stores the new u, v; in eval sigma = u.W.v from the stored vectors with no iteration. flax's
   SpectralNorm always iterates and stores no v, so it cannot reproduce an official checkpoint's eval output.
   `v` is stored in this kernel's flattening order (kh, kw, in); the converter permutes torch's (in, kh, kw) order.
+  The power iteration and sigma stay in float32 whatever the compute dtype.
   """
   features: int
   kernel_size: int
@@ -56,12 +101,8 @@ class Conv2d(nn.Module):
     kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
     if self.spectral:
       kernel = self._spectral_normalize(kernel, train)
-    y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (self.stride, self.stride), [(self.padding, self.padding)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(y.dtype)
-    return y
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+    return conv2d(x, kernel, bias, self.stride, self.padding)
 
   def _spectral_normalize(self, kernel, train):
     w_mat = kernel.reshape(-1, self.features).T  # (out, kh*kw*in)

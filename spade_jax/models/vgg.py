@@ -1,6 +1,8 @@
 """VGG19 features up to relu5_1, for the perceptual loss (weights from torchvision's vgg19-dcbb9e9d.pth)."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,16 +28,19 @@ class VGG19(nn.Module):
   [0, 1] and applies ImageNet mean/std, as imaginaire does (what the torchvision weights were trained on).
   """
   input_norm: str = "official"
+  dtype: Any = None  # compute dtype (e.g. bfloat16); the weights stay float32
 
   @nn.compact
   def __call__(self, x):
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
     if self.input_norm == "imagenet":
       x = ((x + 1) / 2 - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
     elif self.input_norm != "official":
       raise ValueError(f"vgg input_norm must be 'official' or 'imagenet', got {self.input_norm!r}")
     outs = []
     for _, name, features in VGG19_CONVS:
-      x = jax.nn.relu(nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)(x))
+      x = jax.nn.relu(nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)(x))
       if name in OUTPUTS:
         outs.append(x)
       if name in POOL_AFTER:

@@ -58,6 +58,23 @@ def _init_from(state, source: str):
   return state
 
 
+def _programs(jitted) -> int | None:
+  """How many programs a jitted function has compiled (None when it is not a plain jax.jit function)."""
+  size = getattr(jitted, "_cache_size", None)
+  return size() if size else None
+
+
+def _check_resumable(ckpt, abstract):
+  """Options that change the state's structure must match the run being resumed (else orbax fails obscurely)."""
+  saved = ckpt.read_config().get("train", {})
+  had_ema = float(saved.get("ema_decay", 0.0)) > 0
+  if had_ema != ("ema" in abstract):
+    raise ValueError(f"the checkpoints in {ckpt.directory} were written {'with' if had_ema else 'without'} a weight "
+                     f"EMA but this config has train.ema_decay={'0' if had_ema else '> 0'}: resume with "
+                     f"--config.train.ema_decay={saved.get('ema_decay', 0.0)}, or start a new workdir (optionally "
+                     f"--config.train.init_from=<this workdir>)")
+
+
 def _check_finite(pending, ckpt):
   """Fetch the queued per-step metrics; stop at the first non-finite loss, naming it and the last checkpoint."""
   fetched = jax.device_get(pending)
@@ -85,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   size=config.data.crop_size, seed=config.seed)
   mesh = parallel.make_mesh(config.parallel.num_data)
   global_bs = config.train.batch_size
-  local_bs = parallel.check_batch_size(global_bs, mesh)
+  local_bs = parallel.check_batch_size(global_bs, mesh, config.train.get("grad_accum", 1))
   spe = steps_per_epoch(config.data, "train", global_bs)
   if spe == 0:
     raise ValueError(f"the training set has fewer images than config.train.batch_size={global_bs}")
@@ -104,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state_sharding = parallel.state_shardings(abstract, mesh, config.parallel.shard_params)
     ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
     if ckpt.latest_step() is not None:
+      _check_resumable(ckpt, abstract)
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
       state = ckpt.restore(abstract_state=target, data_iter=train_iter)
       logging.info("resumed from step %d in %s", ckpt.latest_step(), ckpt.directory)
@@ -111,10 +129,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.key(config.seed))
       if config.train.init_from:
         state = _init_from(state, config.train.init_from)
+        if "ema" in state:  # the average starts from the loaded weights
+          state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
     vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
     train_step = make_train_step(model, tx_g, tx_d, mesh, state_sharding, use_shard_map=config.train.use_shard_map)
     sample_fn = jax.jit(lambda s, b, r: _samples(model, s, b, r), out_shardings=repl)
+  evaluate = _make_evaluator(config, model, mesh, workdir)  # before training: missing weights fail now
 
   # ---- loop ----
   rng = jax.random.key(config.seed)
@@ -130,6 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   palette = _palette(config)
   pending, last_metrics, wait_time, t_log = [], {}, 0.0, time.time()
   step = start
+  compiled_steps = None  # jit cache size after the first step: a later increase means a recompilation
 
   def save(step):
     ckpt.save(step, state, data_iter=train_iter, config=config.to_dict())
@@ -143,6 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = parallel.global_batch(local, mesh)
         state, metrics = train_step(state, batch, vgg, rng)
         step += 1
+        if compiled_steps is None:
+          compiled_steps = _programs(train_step)
         pending.append((step, metrics))
         if len(pending) > 1:  # keep one step in flight: overlap host work, yet time (and ETA) real steps
           jax.block_until_ready(pending[-2][1])
@@ -154,7 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           dt = time.time() - t_log
           last_metrics = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
           last_metrics.update(steps_per_sec=len(fetched) / dt, images_per_sec=len(fetched) * global_bs / dt,
-                              input_wait_frac=wait_time / dt, epoch=step / spe)
+                              input_wait_frac=wait_time / dt, input_wait_ms=1e3 * wait_time / len(fetched),
+                              epoch=step / spe)
+          if _programs(train_step) != compiled_steps:
+            logging.warning("the train step was compiled again at step %d (%d programs): an input changed shape, "
+                            "dtype or sharding", step, _programs(train_step))
+            compiled_steps = _programs(train_step)
           writer.write_scalars(step, last_metrics)
           pending, wait_time, t_log = [], 0.0, time.time()
         if step % config.train.sample_every == 0 or last:
@@ -169,6 +198,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           if guard.requested and not last:
             logging.warning("preemption signal: saved step %d, exiting", step)
             break
+        every = config.eval.every_steps
+        if evaluate is not None and (last or (every > 0 and step % every == 0)):
+          t_log += evaluate(state, step, writer)  # keep evaluation time out of the training rate
   finally:  # even on an error, finish in-flight (good) checkpoint writes
     ckpt.wait()
     ckpt.close()
@@ -183,11 +215,77 @@ def _palette(config):
   return colormap.palette_for(config.data.dataset, config.data.label_nc + int(config.data.contain_dontcare_label))
 
 
+def _generator_vars(state):
+  """G (and E) variables for synthesis: the EMA weights when the run keeps them."""
+  g_vars, e_vars = state["g"], state.get("e")
+  if "ema" in state:
+    g_vars = {**g_vars, "params": state["ema"]["g"]}
+    e_vars = None if e_vars is None else {**e_vars, "params": state["ema"]["e"]}
+  return g_vars, e_vars
+
+
 def _samples(model: Model, state, batch, rng):
   """Eval-mode synthesis of the first samples of a batch (VAE: the style code of each real image, z = mu)."""
   batch = jax.tree.map(lambda x: x[:NUM_SAMPLES], batch)
   sem = model.semantics(batch)
+  g_vars, e_vars = _generator_vars(state)
   z = None
   if model.E is not None:
-    z, _ = model.E.apply(state["e"], batch["image"], train=False)
-  return model.G.apply(state["g"], sem, z, train=False)
+    z, _ = model.E.apply(e_vars, batch["image"], train=False)
+  return model.G.apply(g_vars, sem, z, train=False).astype(jnp.float32)
+
+
+def _make_evaluator(config, model: Model, mesh, workdir: Path):
+  """Periodic evaluation (config.eval.every_steps > 0; -1: at the end only) with the live state on the training
+  mesh: synthesis is jitted with the state where it lives and the batch split over the data axis; the scores
+  follow eval.py's protocol (spade_jax.evaluation.runner). Reports go to workdir/eval/step_<N>/, scalars to the
+  run's metrics. An error during an evaluation is logged and turns evaluation off for the rest of the run; training
+  goes on."""
+  e = config.eval
+  if e.every_steps == 0:
+    return None
+  from spade_jax.evaluation import runner  # noqa: PLC0415
+  n = mesh.devices.size
+  bs = -(-int(e.batch_size) // n) * n
+  evaluator = runner.Evaluator(
+      config, model.image_size, inception_weights=e.inception_weights or None, fid=e.fid, segmenter=e.segmenter,
+      segmenter_weights=e.segmenter_weights, num_images=e.num_images, batch_size=bs,
+      demo_segmenter_steps=e.demo_segmenter_steps or None, log=lambda m: logging.info("%s", m))
+
+  def images(state, batch, first):
+    g_vars, _ = _generator_vars(state)
+    z = runner.eval_latents(first, batch["label"].shape[0], model.G.z_dim) if model.E is not None else None
+    out = model.G.apply(g_vars, model.semantics(batch), z, train=False).astype(jnp.float32)
+    return jnp.clip((out + 1) / 2 * 255, 0, 255).astype(jnp.uint8)  # tensor2im's truncation
+
+  synth = jax.jit(images, out_shardings=parallel.replicated(mesh))
+  disabled = []
+
+  def evaluate(state, step, writer):
+    if disabled:
+      return 0.0
+    t0 = time.time()
+
+    def synthesize(labels, instances, first):
+      local = {"label": labels} if instances is None else {"label": labels, "instance": instances}
+      pid, count = jax.process_index(), jax.process_count()
+      local = {k: v[pid * len(v) // count:(pid + 1) * len(v) // count] for k, v in local.items()}
+      return np.asarray(jax.device_get(synth(state, parallel.global_batch(local, mesh), first)))
+
+    try:
+      with jax.set_mesh(mesh):
+        report, grid = evaluator(synthesize, step)
+    except Exception:  # noqa: BLE001 (never lose a training run to its evaluation)
+      logging.exception("evaluation at step %d failed; evaluation is off for the rest of this run", step)
+      disabled.append(step)
+      return time.time() - t0
+    if jax.process_index() == 0:
+      runner.write(report, grid, workdir / "eval" / f"step_{step}")
+    scalars = runner.scalars(report)
+    writer.write_scalars(step, scalars)
+    writer.write_images(step, {"eval/grid": grid})
+    logging.info("eval at step %d (%.0fs): %s", step, time.time() - t0,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    return time.time() - t0
+
+  return evaluate

@@ -1,4 +1,4 @@
-"""Download-and-cache for pretrained weights (VGG19 perceptual loss, FID Inception).
+"""Download-and-cache for pretrained weights (VGG19 perceptual loss, FID Inception, UperNet-101 / DeepLabV2).
 
 Training machines are often offline, so a missing file that cannot be fetched raises
 an error saying exactly where to put it; downloads are hash-checked and renamed into
@@ -39,6 +39,19 @@ PRETRAINED: dict[str, Pretrained] = {
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
         "pt_inception-2015-12-05-6726825d.pth",
         "pt_inception-2015-12-05-6726825d.pth", "6726825d"),
+    # Segmentation networks of the SPADE evaluation protocol (spade_jax.evaluation.upernet / .deeplab). The servers
+    # publish no hashes and the names carry none, so these are not hash-checked. mit-semseg's two files have generic
+    # names; the cache keeps them under a model-specific name.
+    "upernet101_ade20k_encoder": Pretrained(
+        "http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-resnet101-upernet/encoder_epoch_50.pth",
+        "ade20k-resnet101-upernet_encoder_epoch_50.pth"),
+    "upernet101_ade20k_decoder": Pretrained(
+        "http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-resnet101-upernet/decoder_epoch_50.pth",
+        "ade20k-resnet101-upernet_decoder_epoch_50.pth"),
+    "deeplabv2_cocostuff164k": Pretrained(
+        "https://github.com/kazuto1011/deeplab-pytorch/releases/download/v1.0/"
+        "deeplabv2_resnet101_msc-cocostuff164k-100000.pth",
+        "deeplabv2_resnet101_msc-cocostuff164k-100000.pth"),
 }
 
 # Errors that mean "could not get the bytes", as opposed to e.g. a full local disk.

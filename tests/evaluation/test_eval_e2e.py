@@ -30,12 +30,12 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
   torch.save(randomize(TorchFIDInception()).state_dict(), weights)
   ov = {"data.root": tmp_path / "data", "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 8,
         "data.demo_num_val": 5, "model.ngf": 4, "model.ndf": 4, "train.batch_size": 8, "train.num_steps": 1,
-        "train.checkpoint_every": 1, "train.sample_every": 1000}
+        "train.checkpoint_every": 1, "train.sample_every": 1000, "eval.every_steps": 0}
   subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'demo.py'}",
                   f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in ov.items()],
                  env=_env(tmp_path), check=True, capture_output=True, timeout=600)
   r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path / 'run'}",
-                      f"--inception_weights={weights}", "--batch_size=2"],
+                      f"--inception_weights={weights}", "--batch_size=2", "--demo_segmenter_steps=30"],
                      env=_env(tmp_path), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "ETA" in r.stderr and "eval: FID" in r.stderr
@@ -44,7 +44,11 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
   assert report["data"]["num_images"] == 5 and report["data"]["resolution"] == [32, 32]
   assert np.isfinite(report["fid"]) and report["fid"] > 0
   assert report["fid_protocol"]["meaningful"] and not report["fid_protocol"]["real_stats_from_cache"]
-  assert "segmentation_skipped" in report
+  seg = report["segmentation"]  # the demo segmenter, trained on the real demo images, with its real-image ceiling
+  assert seg["network"].startswith("demo segmenter") and set(seg["per_class_iou"]) == {
+      "sky", "cloud", "mountain", "water", "sand", "grass", "tree"}
+  assert 0 <= seg["miou"] <= 1 and 0 < seg["real_images"]["pixel_accuracy"] <= 1
+  assert report["checkpoint"]["weights"] == "live"
   from PIL import Image
   assert Image.open(out / "grid.png").size == (3 * 32 + 2 * 2, 5 * 32 + 4 * 2)  # label | fake | real, 5 rows
   assert any(f.name.startswith("events.out.tfevents") for f in (out / "logs" / "tb").iterdir())
@@ -54,12 +58,14 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
 
   # second run: the real statistics come from the cache; the FID is unchanged
   r2 = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path / 'run'}",
-                       f"--inception_weights={weights}", "--batch_size=5", f"--out={tmp_path / 'again'}"],
+                       f"--inception_weights={weights}", "--batch_size=5", f"--out={tmp_path / 'again'}",
+                       "--segmenter=none"],
                       env=_env(tmp_path), capture_output=True, text=True, timeout=600)
   assert r2.returncode == 0, r2.stderr[-3000:]
   report2 = json.loads((tmp_path / "again" / "report.json").read_text())
   assert report2["fid_protocol"]["real_stats_from_cache"]
   assert report2["fid"] == pytest.approx(report["fid"], rel=1e-4)
+  assert report2["segmentation"] is None and "segmentation_skipped" in report2
 
 
 def _write_cityscapes(root, split, n, h=32, w=64, seed=0):
@@ -91,12 +97,18 @@ def test_eval_py_cityscapes_segmentation_with_drn(tmp_path):
                   f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in ov.items()],
                  env=_env(tmp_path), check=True, capture_output=True, timeout=600)
   r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path / 'run'}",
-                      f"--inception_weights={inc}", f"--drn_weights={drn}", "--batch_size=2"],
+                      f"--inception_weights={inc}", f"--segmenter_weights={drn}", "--batch_size=2"],
                      env=_env(tmp_path), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads((tmp_path / "run" / "eval" / "step_1" / "report.json").read_text())
   assert report["data"]["resolution"] == [32, 64] and report["data"]["num_images"] == 3
   seg = report["segmentation"]
   assert 0 <= seg["miou"] <= 1 and 0 <= seg["pixel_accuracy"] <= 1 and len(seg["per_class_iou"]) == 19
+  assert seg["network"] == "DRN-D-105" and "road" in seg["per_class_iou"]
   assert 0 <= seg["real_images"]["pixel_accuracy"] <= 1
   assert report["fid_protocol"]["meaningful"]
+
+  # Without DRN weights the Cityscapes segmentation score cannot be computed: the error says what to pass.
+  r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path / 'run'}",
+                      f"--inception_weights={inc}"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+  assert r.returncode != 0 and "drn-d-105_ms_cityscapes.pth" in r.stderr and "--segmenter=none" in r.stderr

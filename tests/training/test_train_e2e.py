@@ -25,7 +25,7 @@ def _overrides(data, steps, every=2):
   return {"data.root": str(data), "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 16,
           "data.demo_num_val": 4, "model.ngf": 4, "model.ndf": 4, "train.batch_size": 8, "train.log_every": 1,
           "train.sample_every": 1000, "train.checkpoint_every": every, "train.num_steps": steps,
-          "train.progress_every_secs": 1.0}
+          "train.progress_every_secs": 1.0, "eval.every_steps": 0}
 
 
 def _train_cmd(workdir, overrides):
@@ -147,7 +147,17 @@ def test_demo_checkpoint_synthesis_api_and_cli(tmp_path, monkeypatch):
   from spade_jax import synthesize as synth_cli
   from PIL import Image
   work, data = tmp_path / "w", tmp_path / "data"
-  loop.train_and_evaluate(_config(data, steps=2, every=2), str(work))
+  config = _config(data, steps=2, every=2)
+  # periodic evaluation on the training mesh (8 devices), at step 1 and at the end: the demo segmenter's mIoU
+  # (FID goes through the same runner; eval.py's tests cover it, and its Inception costs a minute to compile here)
+  config.eval.update(every_steps=1, num_images=3, batch_size=2, demo_segmenter_steps=20)
+  loop.train_and_evaluate(config, str(work))
+  evals = [m for m in read_metrics(str(work)) if "eval/miou" in m]
+  assert [m["step"] for m in evals] == [1, 2]
+  assert all(0 <= m["eval/miou"] <= 1 and 0 < m["eval/miou_real"] <= 1 for m in evals)
+  report = json.loads((work / "eval" / "step_2" / "report.json").read_text())
+  assert report["data"]["num_images"] == 3 and report["segmentation"]["network"].startswith("demo segmenter")
+  assert (work / "eval" / "step_1" / "grid.png").is_file() and report["fid"] is None
   labels = sorted((data / "val" / "labels").glob("*.png"))[:2]
   style = sorted((data / "val" / "images").glob("*.png"))[0]
   model = spade_jax.load(str(work))

@@ -1,0 +1,192 @@
+"""Speed and memory of the full SPADE models: one table, one row per (preset, what).
+
+  python bench/speed.py                                        # COCO-Stuff 256x256 and Cityscapes 256x512, fp32
+  python bench/speed.py --presets=coco_stuff --dtype=bfloat16 --batch=32 --what=train,infer --infer_batch=128
+  python bench/speed.py --label_conv=gather --remat --grad_accum=2 --devices=8
+
+Columns: images/s of a train iteration (G step + D step, VGG loss included, as the official trainer) and of
+generator inference (eval mode, label ids in, image out); compile time; peak memory: XLA's estimate for the
+compiled program (arguments + outputs + temporaries - aliased) and the device's measured peak where the backend
+reports one (GPU/TPU), else the process's peak RSS; model FLOPs per image, from XLA's cost analysis of the *dense*
+formulation (SPADE label convs as convolutions, no remat: the work the model defines, whatever the options do to
+execute it); achieved model FLOP/s and MFU against the device's peak for the dtype (where known).
+Random weights and inputs; no data set needed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import os
+import pathlib
+import platform
+import resource
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
+
+# Dense peak FLOP/s per device (vendor data sheets; bf16 without sparsity, fp32 = TF32 tensor cores on NVIDIA,
+# which XLA uses for fp32 convolutions by default). Matched by substring of jax's device_kind.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "H100": {"bfloat16": 989e12, "float32": 494e12},  # SXM; PCIe is 756 / 378
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+    "TPU v6": {"bfloat16": 918e12, "float32": 918e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+}
+
+
+def peak_flops(device_kind: str, dtype: str):
+  for key, peaks in PEAK_FLOPS.items():
+    if key.lower() in device_kind.lower():
+      return peaks[dtype]
+  return None
+
+
+def _bytes(mem) -> float:
+  if mem is None:
+    return float("nan")
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          - mem.alias_size_in_bytes)
+
+
+def _device_peak(device) -> float | None:
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  return float(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _time(fn, steps):
+  import jax  # noqa: PLC0415
+  jax.block_until_ready(fn())  # warm-up (after compilation)
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / steps
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--presets", default="coco_stuff,cityscapes")
+  p.add_argument("--what", default="train,infer", help="train and/or infer")
+  p.add_argument("--batch", type=int, default=1, help="global train batch")
+  p.add_argument("--infer_batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=2, help="timed calls after one warm-up call")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--devices", type=int, default=-1)
+  p.add_argument("--remat", action="store_true", help="remat_G and remat_D")
+  p.add_argument("--label_conv", default="dense", choices=["dense", "gather"])
+  p.add_argument("--grad_accum", type=int, default=1)
+  p.add_argument("--ngf", type=int, default=0, help="override ngf (0: the preset's 64)")
+  p.add_argument("--no_vgg", action="store_true")
+  args = p.parse_args(argv)
+
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from spade_jax import parallel  # noqa: PLC0415
+  from spade_jax.inference import _generate  # noqa: PLC0415
+  from spade_jax.models import VGG19, build_generator  # noqa: PLC0415
+  from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
+  from spade_jax.training.step import Model, init_state, make_train_step  # noqa: PLC0415
+
+  mesh = parallel.make_mesh(args.devices)
+  dev = jax.devices()[0]
+  peak = peak_flops(dev.device_kind, args.dtype)
+  print(f"jax {jax.__version__}, {dev.platform} {dev.device_kind} x{mesh.devices.size}, {os.cpu_count()} CPU cores "
+        f"({platform.machine()}); dtype {args.dtype}, label conv {args.label_conv}, remat {args.remat}, grad_accum "
+        f"{args.grad_accum}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  rows = []
+  for preset in args.presets.split(","):
+    config = importlib.import_module(f"configs.{preset}").get_config()
+    if args.ngf:
+      config.model.ngf = args.ngf
+    if args.no_vgg:
+      config.loss.lambda_vgg = 0.0
+    config.train.batch_size = args.batch
+    config.train.grad_accum = args.grad_accum
+    dense = copy.deepcopy(config)  # the model-FLOPs reference: float32 math counts the same, dense convs, no remat
+    config.model.update(dtype=args.dtype, remat_G=args.remat, remat_D=args.remat, spade_label_conv=args.label_conv)
+    d = config.data
+    nc = d.label_nc + int(d.contain_dontcare_label)
+    rng = np.random.default_rng(0)
+
+    if "train" in args.what:
+      model, tx = Model.from_config(config), make_optimizers(config, 1000)
+      h, w = model.image_size
+      local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
+               "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(
+                   np.int32)}
+      if not d.no_instance:
+        local["instance"] = rng.integers(0, 4, (args.batch, h // 32, w // 32)).repeat(32, 1).repeat(32, 2).astype(
+            np.int32)
+      with jax.set_mesh(mesh):
+        repl = parallel.replicated(mesh)
+        batch = parallel.global_batch(local, mesh)
+        vgg = None
+        if model.vgg is not None:
+          vgg = jax.jit(lambda: VGG19().init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"],
+                        out_shardings=repl)()
+
+        def build(m):
+          init = lambda r: init_state(m, *tx, r)
+          sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+          return init, sharding, make_train_step(m, *tx, mesh, sharding)
+
+        dense_model = Model.from_config(dense)
+        init, sharding, step = build(dense_model)
+        abstract = jax.eval_shape(init, jax.random.key(0))
+        flops = step.lower(abstract, batch, vgg, jax.random.key(2)).cost_analysis().get("flops", float("nan"))
+        init, sharding, step = build(model)
+        state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+        t = time.perf_counter()
+        compiled = step.lower(state, batch, vgg, jax.random.key(2)).compile()
+        compile_s = time.perf_counter() - t
+        box = {"s": state}
+
+        def run():
+          box["s"], m = compiled(box["s"], batch, vgg, jax.random.key(2))
+          return m
+        dt = _time(run, args.steps)
+      rows.append((preset, f"{h}x{w}", "train", args.batch, args.batch / dt, compile_s, _bytes(compiled.memory_analysis()),
+                   _device_peak(dev), flops / args.batch, flops / dt))
+
+    if "infer" in args.what:
+      G = build_generator(config)
+      h, w = Model.from_config(config).image_size
+      bs = args.infer_batch
+      z = jnp.zeros((bs, G.z_dim)) if config.model.use_vae else None
+      sem = jnp.zeros((1, h, w, d.label_nc + int(d.contain_dontcare_label) + int(not d.no_instance)))
+      variables = jax.jit(G.init)(jax.random.key(0), sem, None if z is None else z[:1])
+      label = jnp.asarray(rng.integers(0, nc, (bs, h // 16, w // 16)).repeat(16, 1).repeat(16, 2), jnp.int32)
+      inst = None if d.no_instance else jnp.asarray(
+          rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2), jnp.int32)
+      args_g = (d.label_nc, d.contain_dontcare_label, d.no_instance)
+      flops = _generate.lower(build_generator(dense), *args_g, variables, label, inst, z).cost_analysis().get(
+          "flops", float("nan"))
+      t = time.perf_counter()
+      compiled = _generate.lower(G, *args_g, variables, label, inst, z).compile()
+      compile_s = time.perf_counter() - t
+      dt = _time(lambda: compiled(variables, label, inst, z), args.steps)
+      rows.append((preset, f"{h}x{w}", "infer", bs, bs / dt, compile_s, _bytes(compiled.memory_analysis()),
+                   _device_peak(dev), flops / bs, flops / dt))
+
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  print()
+  print("| preset | size | what | batch | images/s | compile s | XLA peak GiB | device peak GiB | "
+        "model GFLOP/image | achieved TFLOP/s | MFU |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for preset, size, what, bs, ips, comp, xla_mem, dev_mem, fpi, fps in rows:
+    dev_col = f"{dev_mem / 2**30:.2f}" if dev_mem is not None else f"(RSS {rss / 2**30:.2f})"
+    mfu = f"{100 * fps / peak:.1f}%" if peak else "n/a"
+    print(f"| {preset} | {size} | {what} | {bs} | {ips:.3f} | {comp:.1f} | {xla_mem / 2**30:.2f} | {dev_col} | "
+          f"{fpi / 1e9:.0f} | {fps / 1e12:.3f} | {mfu} |")
+
+
+if __name__ == "__main__":
+  main()

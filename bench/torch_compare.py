@@ -1,0 +1,138 @@
+"""The same train iteration in our jitted JAX step and in PyTorch eager, on this machine, as a ratio.
+
+  python bench/torch_compare.py                       # COCO-Stuff 256x256, ngf 64, batch 1, VGG loss on
+  python bench/torch_compare.py --preset=cityscapes --ngf=32 --batch=2 --threads=2
+
+PyTorch runs the reference networks the parity tests use (tests/torch_reference.py, the official module layout):
+G step (G forward, D on [fake; real], hinge + feature matching + VGG, backward, Adam) then D step (G forward
+without gradients, D on [fake; real] detached, hinge, backward, Adam), as the official trainer. Both sides use float32,
+random weights and the same input sizes; times exclude JAX's compilation and one warm-up iteration each. Needs the
+test extra (torch). Prints one table row.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+
+def torch_iteration_seconds(config, batch, steps, threads):
+  import numpy as np  # noqa: PLC0415
+  import torch  # noqa: PLC0415
+
+  from spade_jax.models import output_size, semantic_nc  # noqa: PLC0415
+  from tests import torch_reference as ref  # noqa: PLC0415
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  d, m, l = config.data, config.model, config.loss
+  h, w = output_size(d.crop_size, d.aspect_ratio, m.num_upsampling_layers)
+  s = semantic_nc(d)
+  G = ref.SPADEGenerator(s, ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=d.crop_size,
+                         aspect_ratio=d.aspect_ratio, param_free_norm=m.param_free_norm)
+  D = ref.MultiscaleDiscriminator(s + 3, ndf=m.ndf)
+  vgg = ref.VGG19Features().eval() if l.lambda_vgg > 0 else None
+  if vgg is not None:
+    for p in vgg.parameters():
+      p.requires_grad_(False)
+  opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.9))
+  opt_d = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.9))
+  rng = np.random.default_rng(0)
+  nc = d.label_nc + int(d.contain_dontcare_label)
+  label = torch.from_numpy(rng.integers(0, nc, (batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2))
+  sem = torch.nn.functional.one_hot(label, s).permute(0, 3, 1, 2).float()  # (the edge channel, if any, stays 0)
+  real = torch.rand(batch, 3, h, w) * 2 - 1
+
+  def iteration():
+    opt_g.zero_grad()
+    fake = G(sem)
+    pred = D(torch.cat([torch.cat([sem, fake], 1), torch.cat([sem, real], 1)], 0))
+    pf = [[f[:batch] for f in scale] for scale in pred]
+    pr = [[f[batch:] for f in scale] for scale in pred]
+    loss = ref.hinge_g(pf) + ref.feature_matching(pf, pr, l.lambda_feat)
+    if vgg is not None:
+      loss = loss + ref.vgg_loss(vgg, fake, real, lambda_vgg=l.lambda_vgg)
+    loss.backward()
+    opt_g.step()
+    opt_d.zero_grad()
+    with torch.no_grad():
+      fake = G(sem)
+    pred = D(torch.cat([torch.cat([sem, fake], 1), torch.cat([sem, real], 1)], 0))
+    pf = [[f[:batch] for f in scale] for scale in pred]
+    pr = [[f[batch:] for f in scale] for scale in pred]
+    (ref.hinge_d_fake(pf) + ref.hinge_d_real(pr)).backward()
+    opt_d.step()
+
+  iteration()  # warm-up
+  t = time.perf_counter()
+  for _ in range(steps):
+    iteration()
+  return (time.perf_counter() - t) / steps
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--preset", default="coco_stuff")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--ngf", type=int, default=0)
+  p.add_argument("--steps", type=int, default=2)
+  p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--label_conv", default="dense", choices=["dense", "gather"])
+  p.add_argument("--no_vgg", action="store_true")
+  args = p.parse_args(argv)
+
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from spade_jax import parallel  # noqa: PLC0415
+  from spade_jax.models import VGG19  # noqa: PLC0415
+  from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
+  from spade_jax.training.step import Model, init_state, make_train_step  # noqa: PLC0415
+
+  config = importlib.import_module(f"configs.{args.preset}").get_config()
+  config.data.no_instance = True  # the torch side feeds no edge channel either
+  config.model.use_vae = False
+  if args.ngf:
+    config.model.ngf = args.ngf
+  if args.no_vgg:
+    config.loss.lambda_vgg = 0.0
+  config.model.spade_label_conv = args.label_conv
+  t_torch = torch_iteration_seconds(config, args.batch, args.steps, args.threads)
+
+  mesh = parallel.make_mesh(1)
+  model = Model.from_config(config)
+  tx = make_optimizers(config, 1000)
+  h, w = model.image_size
+  rng = np.random.default_rng(0)
+  nc = config.data.label_nc + int(config.data.contain_dontcare_label)
+  local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
+           "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(np.int32)}
+  with jax.set_mesh(mesh):
+    init = lambda r: init_state(model, *tx, r)
+    sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+    state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+    vgg = None
+    if model.vgg is not None:
+      vgg = VGG19().init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))["params"]
+    step = make_train_step(model, *tx, mesh, sharding)
+    batch = parallel.global_batch(local, mesh)
+    state, m = step(state, batch, vgg, jax.random.key(2))  # compile + warm-up
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+      state, m = step(state, batch, vgg, jax.random.key(2))
+    jax.block_until_ready(m)
+    t_jax = (time.perf_counter() - t) / args.steps
+  print(f"| preset | size | ngf | batch | VGG | label conv | PyTorch {__import__('torch').__version__} eager s/iter | "
+        f"JAX {jax.__version__} jit s/iter | speed-up |")
+  print("|---|---|---:|---:|---|---|---:|---:|---:|")
+  print(f"| {args.preset} | {h}x{w} | {config.model.ngf} | {args.batch} | {'on' if vgg is not None else 'off'} | "
+        f"{args.label_conv} | {t_torch:.2f} | {t_jax:.2f} | {t_torch / t_jax:.2f}x |")
+
+
+if __name__ == "__main__":
+  main()
