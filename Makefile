@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist processes: the suite is mostly XLA compilation, one core each (each simulates 8 JAX devices, ~3 GB)
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup setup-test test test-fast demo clean
 
@@ -22,10 +24,10 @@ setup: $(VENV)/.runtime          ## runtime environment only
 setup-test: $(VENV)/.test        ## runtime + test extras (pytest, torch as the parity oracle)
 
 test: setup-test                 ## the whole suite, as CI runs it
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: setup-test            ## skip the slow end-to-end tests
-	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 demo: setup                      ## generate the demo data set, train on it, write sample grids
 	$(PY) train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}

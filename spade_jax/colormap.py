@@ -129,6 +129,17 @@ def names_for(dataset: str, n: int) -> list[str]:
   return [table[i] if i < len(table) else f"class_{i}" for i in range(n)]
 
 
+def for_data(data_cfg) -> tuple[list[str], np.ndarray]:
+  """(class names, uint8 [n, 3] palette) for a config's `data`: the data set's tables, or for the generated demo
+  landscapes (`data.demo_generate`, a 'custom' data set) their class names and colours."""
+  n = data_cfg.label_nc + int(data_cfg.contain_dontcare_label)
+  if data_cfg.get("demo_generate", False):
+    from spade_jax.data import demo  # noqa: PLC0415
+    if n == demo.NUM_CLASSES:
+      return list(demo.CLASS_NAMES), np.asarray(demo.COLORS, np.uint8)
+  return names_for(data_cfg.dataset, n), palette_for(data_cfg.dataset, n)
+
+
 def colorize(label, colormap) -> np.ndarray:
   """int labels [..., H, W] -> uint8 [..., H, W, 3]; ids outside the table (negative, don't-care) are black."""
   label = np.asarray(label)

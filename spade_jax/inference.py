@@ -134,8 +134,7 @@ class Synthesizer:
     self.num_classes = d.label_nc + int(d.contain_dontcare_label)
     self.dataset = d.dataset
     self.image_size = tuple(output_size(d.crop_size, d.aspect_ratio, m.num_upsampling_layers))
-    self.class_names = colormap.names_for(d.dataset, self.num_classes)
-    self.palette = colormap.palette_for(d.dataset, self.num_classes)
+    self.class_names, self.palette = colormap.for_data(d)
     self.use_vae = bool(m.use_vae)
     self.generator = build_generator(config)
     self.encoder = build_encoder(config) if (self.use_vae and e_variables is not None) else None

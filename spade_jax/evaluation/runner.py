@@ -271,13 +271,7 @@ class Evaluator:
 
   def _colorize(self, labels):
     from spade_jax import colormap  # noqa: PLC0415
-    if _is_demo(self.data_cfg):
-      from spade_jax.data import demo  # noqa: PLC0415
-      palette = np.asarray(demo.COLORS, np.uint8)
-    else:
-      palette = colormap.palette_for(self.data_cfg.dataset,
-                                     self.data_cfg.label_nc + int(self.data_cfg.contain_dontcare_label))
-    return colormap.colorize(labels, palette)
+    return colormap.colorize(labels, colormap.for_data(self.data_cfg)[1])
 
 
 def scalars(report: dict) -> dict:

@@ -72,17 +72,6 @@ def is_loopback(host: str) -> bool:
   return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
-def class_names(model) -> list[str]:
-  """The Synthesizer's class names; the demo's landscape names for a demo checkpoint (its data set is 'custom')."""
-  names = list(model.class_names)
-  d = model.config.data
-  if d.get("demo_generate", False) and names == [f"class_{i}" for i in range(len(names))]:
-    from spade_jax.data import demo  # noqa: PLC0415
-    if len(names) == demo.NUM_CLASSES:
-      names = list(demo.CLASS_NAMES)
-  return names
-
-
 def default_label_map(names: list[str], size: tuple[int, int]) -> np.ndarray:
   """A starting canvas: sky over ground (60 / 40) when the classes have both, else all class 0."""
   h, w = size
@@ -278,7 +267,7 @@ class PainterServer:
     self.max_upload_mb = float(max_upload_mb)
     self.max_upload_bytes = int(max_upload_mb * 2**20)
     self.batcher = Batcher(model, batch_size, batch_window_ms / 1000.0)
-    self.class_names = class_names(model)
+    self.class_names = list(model.class_names)  # the data set's, or the demo's landscape classes
     self.ids_dtype = np.dtype("<u1") if model.num_classes <= 255 else np.dtype("<u2")
     self.default_labels = default_label_map(self.class_names, model.image_size)
     self._styles: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()

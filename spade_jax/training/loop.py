@@ -209,10 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _palette(config):
-  if config.data.get("demo_generate", False):
-    from spade_jax.data import demo  # noqa: PLC0415
-    return np.asarray(demo.COLORS, np.uint8)
-  return colormap.palette_for(config.data.dataset, config.data.label_nc + int(config.data.contain_dontcare_label))
+  return colormap.for_data(config.data)[1]
 
 
 def _generator_vars(state):

@@ -1,8 +1,6 @@
 """DeepLabV2-ResNet-101 MSC (kazuto1011/deeplab-pytorch, COCO-Stuff 164k) parity with a torch reference in the
 official key layout; its test step; COCO-Stuff label mapping; converter errors; offline weights message."""
 import os
-import urllib.error
-import urllib.request
 
 import jax
 import numpy as np
@@ -123,13 +121,7 @@ def test_cocostuff_label_mapping():
   assert "256x256" in deeplab.PROTOCOL and "0.75" in deeplab.PROTOCOL
 
 
-def test_offline_message_names_url_and_path(tmp_path, monkeypatch):
-  monkeypatch.setenv("SPADE_JAX_CACHE", str(tmp_path / "cache"))
-
-  def offline(*a, **k):
-    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-  monkeypatch.setattr(urllib.request, "urlopen", offline)
+def test_offline_message_names_url_and_path(tmp_path, offline):
   with pytest.raises(download.WeightsUnavailableError) as ei:
     load_deeplab(progress=False)
   msg = str(ei.value)

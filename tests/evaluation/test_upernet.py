@@ -1,8 +1,6 @@
 """UperNet-101 (mit-semseg ade20k-resnet101-upernet) parity with a torch reference in the official key layout; the
 mit-semseg multi-scale test procedure; ADE20K label mapping; converter errors; offline weights message."""
 import os
-import urllib.error
-import urllib.request
 
 import jax
 import numpy as np
@@ -137,13 +135,7 @@ def test_ade20k_label_mapping():
   assert "256" in upernet.PROTOCOL and "300, 375, 450, 525, 600" in upernet.PROTOCOL
 
 
-def test_offline_message_names_url_and_path(tmp_path, monkeypatch):
-  monkeypatch.setenv("SPADE_JAX_CACHE", str(tmp_path / "cache"))
-
-  def offline(*a, **k):
-    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-  monkeypatch.setattr(urllib.request, "urlopen", offline)
+def test_offline_message_names_url_and_path(tmp_path, offline):
   with pytest.raises(download.WeightsUnavailableError) as ei:
     load_upernet(progress=False)
   msg = str(ei.value)

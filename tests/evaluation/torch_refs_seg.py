@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from tests.evaluation.torch_refs import Bottleneck
+
 
 # ------------------------------------------------------------------------------------------------------ mit-semseg
 def _conv3x3(cin, cout, stride=1):
@@ -30,25 +32,7 @@ def _conv3x3_bn_relu(cin, cout):
   return nn.Sequential(_conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class MITBottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
-    super().__init__()
-    self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
-    self.bn3 = nn.BatchNorm2d(planes * 4)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
-    out = F.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    res = x if self.downsample is None else self.downsample(x)
-    return F.relu(out + res)
+MITBottleneck = Bottleneck  # torchvision's Bottleneck (stride in the 3x3 conv), as DRN's at dilation 1
 
 
 class MITResnetEncoder(nn.Module):

@@ -5,7 +5,6 @@ import io
 import json
 import logging
 import threading
-import types
 import urllib.error
 import urllib.request
 
@@ -16,7 +15,7 @@ from PIL import Image
 import spade_jax
 from spade_jax import inference
 from spade_jax.serve import __main__ as serve_main
-from spade_jax.serve.server import PainterServer, class_names, default_label_map, is_loopback
+from spade_jax.serve.server import PainterServer, default_label_map, is_loopback
 from tests.serve.conftest import SIZE, tiny_config, write_checkpoint
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy for loopback
@@ -256,9 +255,11 @@ def test_non_loopback_host_logs_a_warning(server, caplog):
 
 def test_demo_checkpoints_get_landscape_names_and_a_sky_over_grass_canvas():
   from configs import demo
-  model = types.SimpleNamespace(class_names=[f"class_{i}" for i in range(7)], config=demo.get_config())
-  names = class_names(model)
+  from spade_jax import colormap
+  from spade_jax.data import demo as demo_data
+  names, palette = colormap.for_data(demo.get_config().data)  # what a demo checkpoint's Synthesizer shows
   assert names == ["sky", "cloud", "mountain", "water", "sand", "grass", "tree"]
+  assert (palette == demo_data.COLORS).all()
   ids = default_label_map(names, (64, 64))
   assert (ids[:38] == 0).all() and (ids[38:] == 5).all()
   assert (default_label_map([f"class_{i}" for i in range(7)], (64, 32)) == 0).all()

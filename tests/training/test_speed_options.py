@@ -1,7 +1,6 @@
 """Speed and scale options of the train step: bfloat16 compute, gradient accumulation, the generator EMA, remat and
 SPADE's gather formulation, and compiling the step once."""
-import functools
-
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +8,7 @@ import optax
 import pytest
 
 from spade_jax import parallel
-from spade_jax.models import build_discriminator, build_generator
+from spade_jax.models import SPADEResnetBlock
 from spade_jax.semantics import make_semantics
 from spade_jax.training.step import Model, ema_update, init_state, make_train_step
 from tests.training.tiny import random_batch, tiny_config
@@ -26,15 +25,19 @@ def _config(**model):
   return c
 
 
-def _run(config, ndev=4, steps=2):
-  """SGD, so that updates are linear in the gradients (see test_sharded_step)."""
+def _run(config, ndev=2, steps=2, state0=None):
+  """SGD, so that updates are linear in the gradients (see test_sharded_step). `state0`: start from this state
+  (the options under test do not change the state's structure; sharing it saves compiling `init` again)."""
   mesh = parallel.make_mesh(ndev)
   model = Model.from_config(config)
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)
   init = lambda r: init_state(model, sgd, sgd, r)
   with jax.set_mesh(mesh):
     sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-    state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+    if state0 is None:
+      state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+    else:
+      state = jax.device_put(state0, sharding)
     step = make_train_step(model, sgd, sgd, mesh, sharding)
     history = [jax.device_get(state)]
     metrics = []
@@ -47,7 +50,13 @@ def _run(config, ndev=4, steps=2):
 
 @pytest.fixture(scope="module")
 def runs():
-  return {"fp32": _run(_config()), "accum2": _run(_config(grad_accum=2)), "bf16": _run(_config(dtype="bfloat16"))}
+  """float32; the same with 2 micro-batches; bfloat16 with SPADE's gather label convs and remat of G and D (so the
+  step compiles and runs with every option on; their exactness is tested below on single modules)."""
+  fp32 = _run(_config())
+  state0 = fp32[0][0]
+  return {"fp32": fp32, "accum2": _run(_config(grad_accum=2), state0=state0),
+          "bf16": _run(_config(dtype="bfloat16", spade_label_conv="gather", remat_G=True, remat_D=True),
+                       state0=state0)}
 
 
 def _max_diff(a, b):
@@ -122,52 +131,44 @@ def test_accumulation_needs_a_divisible_batch():
     Model.from_config(_config(dtype="float16x"))
 
 
-@functools.lru_cache(maxsize=None)
-def _generator_run(option):
-  """(variables, output, gradients) of the tiny 64 px VAE generator with one speed option (or none)."""
-  config = tiny_config(use_vae=True, crop=64)  # 64 px: batch norm over a 2x2 latent grid, not 1x1
-  if option == "gather":
-    config.model.spade_label_conv = "gather"
-  elif option == "remat":
-    config.model.remat_G = True
-  batch = random_batch(config, n=2)
-  sem = make_semantics(batch["label"], batch["instance"], label_nc=5, contain_dontcare_label=True, no_instance=False)
-  return _g_and_grads(config, sem)
+def _spade_grads(module, x, seg):
+  variables = module.init(jax.random.key(0), x, seg, True)
 
-
-def _g_and_grads(config, sem, train=True):
-  G = build_generator(config)
-  z = jnp.asarray(np.random.default_rng(1).normal(size=(sem.shape[0], 256)), jnp.float32)
-  variables = G.init(jax.random.key(0), sem, z)
-
-  def loss(params):
-    out, _ = G.apply({**variables, "params": params}, sem, z, train=train, mutable=["batch_stats", "spectral"])
+  def loss(params, x):
+    out, _ = module.apply({**variables, "params": params}, x, seg, True, mutable=["batch_stats", "spectral"])
     return jnp.mean(out * jnp.linspace(-1, 1, out.size).reshape(out.shape)), out
 
-  (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(variables["params"], x)
   return variables, out, grads
 
 
-@pytest.mark.parametrize("option", ["gather", "remat"])
-def test_formulations_equal_the_plain_generator(option):
-  """SPADE's gather form of the label conv and remat change neither the variables nor the numbers."""
-  v0, out0, g0 = _generator_run("plain")
-  v1, out1, g1 = _generator_run(option)
-  assert jax.tree.structure(v0) == jax.tree.structure(v1) and _max_diff(v0, v1) == 0.0  # same init, same layout
+def _block_inputs(n=2, size=16, classes=6):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, size // 2, size // 2, 8)), jnp.float32)
+  label = rng.integers(0, classes, (n, size // 4, size // 4)).repeat(4, 1).repeat(4, 2)
+  inst = rng.integers(0, 3, (n, size // 8, size // 8)).repeat(8, 1).repeat(8, 2)
+  sem = make_semantics(jnp.asarray(label), jnp.asarray(inst), label_nc=classes - 1, contain_dontcare_label=True,
+                       no_instance=False)
+  gathered = (jnp.argmax(sem[..., :classes], -1)[..., None].astype(jnp.int32), sem[..., classes:])
+  return x, sem, gathered, classes
+
+
+def test_gather_label_conv_equals_the_dense_conv():
+  """SPADE's label conv as row gathers over one-hot ids (plus a conv of the edge channel) = the dense conv: same
+  variables, same output and gradients (fp32 rounding of another summation order)."""
+  x, sem, gathered, k = _block_inputs()
+  v0, out0, g0 = _spade_grads(SPADEResnetBlock(4), x, sem)
+  v1, out1, g1 = _spade_grads(SPADEResnetBlock(4, label_channels=k), x, gathered)
+  assert jax.tree.structure(v0) == jax.tree.structure(v1) and _max_diff(v0, v1) == 0.0
   assert _max_diff(out0, out1) < 1e-5
   scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(g0))
-  assert _max_diff(g0, g1) < 1e-5 * scale  # another summation order: fp32 rounding
+  assert _max_diff(g0, g1) < 1e-5 * scale
 
 
-def test_discriminator_remat_is_exact():
-  base, other = tiny_config(), tiny_config()
-  other.model.remat_D = True
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 10)), jnp.float32)
-  outs = []
-  for c in (base, other):
-    D = build_discriminator(c)
-    v = D.init(jax.random.key(0), x)
-    f = lambda p: sum(jnp.sum(s[-1]) for s in D.apply({**v, "params": p}, x, train=True, mutable=["spectral"])[0])
-    outs.append(jax.jit(jax.grad(f))(v["params"]))
-  scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(outs[0]))
-  assert _max_diff(*outs) < 1e-5 * scale
+def test_remat_is_exact():
+  x, sem, _, _ = _block_inputs()
+  v0, out0, g0 = _spade_grads(SPADEResnetBlock(4), x, sem)
+  v1, out1, g1 = _spade_grads(nn.remat(SPADEResnetBlock, static_argnums=(3,))(4), x, sem)
+  assert _max_diff(v0, v1) == 0.0 and _max_diff(out0, out1) < 1e-6  # XLA may fuse the recomputation differently
+  scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(g0))
+  assert _max_diff(g0, g1) < 1e-5 * scale
