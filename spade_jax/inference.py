@@ -53,6 +53,7 @@ def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = Tr
   """
   import ml_collections  # noqa: PLC0415
   from spade_jax.training.checkpoint import read_config_dir, restore_subtrees  # noqa: PLC0415
+  from spade_jax.training.step import synthesis_variables  # noqa: PLC0415
   ckdir, step = resolve_checkpoint(checkpoint, step)
   config = ml_collections.ConfigDict(read_config_dir(ckdir, step))
   if step is None:
@@ -60,12 +61,8 @@ def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = Tr
   trees = restore_subtrees(ckdir, ("g", "e") + (("ema",) if use_ema else ()), step, device=device)
   if "g" not in trees:
     raise ValueError(f"checkpoint {ckdir}/{step} has no generator ('g') in its state")
-  g, e, weights = trees["g"], trees.get("e"), "live"
-  if "ema" in trees:
-    g = {**g, "params": trees["ema"]["g"]}
-    e = None if e is None else {**e, "params": trees["ema"]["e"]}
-    weights = "ema"
-  return Synthesizer(config, g, e, step=step, source=str(ckdir), weights=weights)
+  g, e = synthesis_variables(trees)
+  return Synthesizer(config, g, e, step=step, source=str(ckdir), weights="ema" if "ema" in trees else "live")
 
 
 def tensor2im(x) -> np.ndarray:

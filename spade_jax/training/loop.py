@@ -14,10 +14,11 @@ from clu import parameter_overview
 
 from spade_jax import colormap, parallel
 from spade_jax.data import make_dataset, steps_per_epoch
+from spade_jax.inference import tensor2im
 from spade_jax.training import checkpoint as ckpt_lib
 from spade_jax.training import writer as writer_lib
 from spade_jax.training.schedule import make_optimizers
-from spade_jax.training.step import Model, g_trainable, init_state, make_train_step
+from spade_jax.training.step import Model, g_trainable, init_state, make_train_step, synthesis_variables
 from spade_jax.weights import official
 
 NUM_SAMPLES = 4  # samples per grid
@@ -148,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f"{n_g:,}", f"{n_d:,}", mesh.devices.size, global_bs, spe, start, total_steps)
   writer = writer_lib.MetricWriter(str(workdir), enabled=is_main)
   progress = writer_lib.Progress(total_steps, start_step=start, every_secs=config.train.progress_every_secs)
-  palette = _palette(config)
+  palette = colormap.for_data(config.data)[1]
   pending, last_metrics, wait_time, t_log = [], {}, 0.0, time.time()
   step = start
   compiled_steps = None  # jit cache size after the first step: a later increase means a recompilation
@@ -208,24 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return last_metrics
 
 
-def _palette(config):
-  return colormap.for_data(config.data)[1]
-
-
-def _generator_vars(state):
-  """G (and E) variables for synthesis: the EMA weights when the run keeps them."""
-  g_vars, e_vars = state["g"], state.get("e")
-  if "ema" in state:
-    g_vars = {**g_vars, "params": state["ema"]["g"]}
-    e_vars = None if e_vars is None else {**e_vars, "params": state["ema"]["e"]}
-  return g_vars, e_vars
-
-
 def _samples(model: Model, state, batch, rng):
   """Eval-mode synthesis of the first samples of a batch (VAE: the style code of each real image, z = mu)."""
   batch = jax.tree.map(lambda x: x[:NUM_SAMPLES], batch)
   sem = model.semantics(batch)
-  g_vars, e_vars = _generator_vars(state)
+  g_vars, e_vars = synthesis_variables(state)
   z = None
   if model.E is not None:
     z, _ = model.E.apply(e_vars, batch["image"], train=False)
@@ -250,10 +238,9 @@ def _make_evaluator(config, model: Model, mesh, workdir: Path):
       demo_segmenter_steps=e.demo_segmenter_steps or None, log=lambda m: logging.info("%s", m))
 
   def images(state, batch, first):
-    g_vars, _ = _generator_vars(state)
+    g_vars, _ = synthesis_variables(state)
     z = runner.eval_latents(first, batch["label"].shape[0], model.G.z_dim) if model.E is not None else None
-    out = model.G.apply(g_vars, model.semantics(batch), z, train=False).astype(jnp.float32)
-    return jnp.clip((out + 1) / 2 * 255, 0, 255).astype(jnp.uint8)  # tensor2im's truncation
+    return model.G.apply(g_vars, model.semantics(batch), z, train=False).astype(jnp.float32)
 
   synth = jax.jit(images, out_shardings=parallel.replicated(mesh))
   disabled = []
@@ -267,7 +254,7 @@ def _make_evaluator(config, model: Model, mesh, workdir: Path):
       local = {"label": labels} if instances is None else {"label": labels, "instance": instances}
       pid, count = jax.process_index(), jax.process_count()
       local = {k: v[pid * len(v) // count:(pid + 1) * len(v) // count] for k, v in local.items()}
-      return np.asarray(jax.device_get(synth(state, parallel.global_batch(local, mesh), first)))
+      return tensor2im(jax.device_get(synth(state, parallel.global_batch(local, mesh), first)))
 
     try:
       with jax.set_mesh(mesh):

@@ -105,6 +105,16 @@ def g_trainable(state) -> dict:
   return params
 
 
+def synthesis_variables(state) -> tuple[dict, dict | None]:
+  """(G, E) variables for synthesis from a state (or a checkpoint's restored 'g' / 'e' / 'ema' subtrees): the EMA
+  weights when the run keeps them, else the live ones."""
+  g_vars, e_vars = state["g"], state.get("e")
+  if "ema" in state:
+    g_vars = {**g_vars, "params": state["ema"]["g"]}
+    e_vars = None if e_vars is None else {**e_vars, "params": state["ema"]["e"]}
+  return g_vars, e_vars
+
+
 def ema_update(ema, params, step, decay: float, start: int):
   """ema <- decay * ema + (1 - decay) * params from step `start` on; before it the EMA follows the weights."""
   d = jnp.where(step < start, 0.0, decay)

@@ -10,7 +10,7 @@ import pytest
 from spade_jax import parallel
 from spade_jax.models import SPADEResnetBlock
 from spade_jax.semantics import make_semantics
-from spade_jax.training.step import Model, ema_update, init_state, make_train_step
+from spade_jax.training.step import Model, ema_update, init_state, make_train_step, synthesis_variables
 from tests.training.tiny import random_batch, tiny_config
 
 
@@ -114,6 +114,16 @@ def test_ema_follows_the_update_rule(runs):
   assert _max_diff(s2["ema"]["e"], jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s1["ema"]["e"],
                                                 s2["e"]["params"])) < 1e-7
   assert _max_diff(s2["ema"]["g"], s2["g"]["params"]) > 0
+
+
+def test_synthesis_uses_the_ema_weights(runs):
+  """Samples, evaluation, `spade_jax.load` and the painter take G (+ E) through `synthesis_variables`."""
+  state = runs["fp32"][0][-1]
+  g, e = synthesis_variables(state)
+  assert _max_diff(g["params"], state["ema"]["g"]) == 0 and _max_diff(e["params"], state["ema"]["e"]) == 0
+  assert _max_diff(g["spectral"], state["g"]["spectral"]) == 0  # the rest of the collections are the live ones
+  live = {k: v for k, v in state.items() if k != "ema"}
+  assert synthesis_variables(live) == (live["g"], live["e"])
 
 
 def test_ema_update_function():
