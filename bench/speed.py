@@ -25,6 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # components.py
 
 # Dense peak FLOP/s per device (vendor data sheets; bf16 without sparsity, fp32 = TF32 tensor cores on NVIDIA,
 # which XLA uses for fp32 convolutions by default). Matched by substring of jax's device_kind.
@@ -83,6 +84,7 @@ def main(argv=None):
   p.add_argument("--grad_accum", type=int, default=1)
   p.add_argument("--ngf", type=int, default=0, help="override ngf (0: the preset's 64)")
   p.add_argument("--no_vgg", action="store_true")
+  p.add_argument("--components", action="store_true", help="also time G fwd, G fwd+bwd, D fwd+bwd, VGG fwd+bwd")
   args = p.parse_args(argv)
 
   import jax  # noqa: PLC0415
@@ -90,8 +92,7 @@ def main(argv=None):
   import numpy as np  # noqa: PLC0415
 
   from spade_jax import parallel  # noqa: PLC0415
-  from spade_jax.inference import _generate  # noqa: PLC0415
-  from spade_jax.models import VGG19, build_generator  # noqa: PLC0415
+  from spade_jax.models import VGG19  # noqa: PLC0415
   from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
   from spade_jax.training.step import Model, init_state, make_train_step  # noqa: PLC0415
 
@@ -101,7 +102,19 @@ def main(argv=None):
   print(f"jax {jax.__version__}, {dev.platform} {dev.device_kind} x{mesh.devices.size}, {os.cpu_count()} CPU cores "
         f"({platform.machine()}); dtype {args.dtype}, label conv {args.label_conv}, remat {args.remat}, grad_accum "
         f"{args.grad_accum}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  rows = []
+  component_rows = []
+  print("| preset | size | what | batch | images/s | compile s | XLA peak GiB | device peak GiB | "
+        "model GFLOP/image | achieved TFLOP/s | MFU |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+
+  def emit(preset, size, what, bs, ips, comp, xla_mem, dev_mem, fpi, fps):
+    """One row as soon as it is measured (a run cut short by a time limit keeps what it finished)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    dev_col = f"{dev_mem / 2**30:.2f}" if dev_mem is not None else f"(RSS {rss / 2**30:.2f})"
+    mfu = f"{100 * fps / peak:.1f}%" if peak else "n/a"
+    print(f"| {preset} | {size} | {what} | {bs} | {ips:.3f} | {comp:.1f} | {xla_mem / 2**30:.2f} | {dev_col} | "
+          f"{fpi / 1e9:.0f} | {fps / 1e12:.3f} | {mfu} |", flush=True)
+
   for preset in args.presets.split(","):
     config = importlib.import_module(f"configs.{preset}").get_config()
     if args.ngf:
@@ -153,39 +166,40 @@ def main(argv=None):
           box["s"], m = compiled(box["s"], batch, vgg, jax.random.key(2))
           return m
         dt = _time(run, args.steps)
-      rows.append((preset, f"{h}x{w}", "train", args.batch, args.batch / dt, compile_s, _bytes(compiled.memory_analysis()),
-                   _device_peak(dev), flops / args.batch, flops / dt))
+      emit(preset, f"{h}x{w}", "train", args.batch, args.batch / dt, compile_s, _bytes(compiled.memory_analysis()),
+                   _device_peak(dev), flops / args.batch, flops / dt)
 
     if "infer" in args.what:
-      G = build_generator(config)
-      h, w = Model.from_config(config).image_size
+      model, dense_model = Model.from_config(config), Model.from_config(dense)
+      h, w = model.image_size
       bs = args.infer_batch
-      z = jnp.zeros((bs, G.z_dim)) if config.model.use_vae else None
-      sem = jnp.zeros((1, h, w, d.label_nc + int(d.contain_dontcare_label) + int(not d.no_instance)))
-      variables = jax.jit(G.init)(jax.random.key(0), sem, None if z is None else z[:1])
-      label = jnp.asarray(rng.integers(0, nc, (bs, h // 16, w // 16)).repeat(16, 1).repeat(16, 2), jnp.int32)
-      inst = None if d.no_instance else jnp.asarray(
-          rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2), jnp.int32)
-      args_g = (d.label_nc, d.contain_dontcare_label, d.no_instance)
-      flops = _generate.lower(build_generator(dense), *args_g, variables, label, inst, z).cost_analysis().get(
-          "flops", float("nan"))
+      z = jnp.zeros((bs, model.G.z_dim)) if config.model.use_vae else None
+      sem = jnp.zeros((1, h, w, model.semantic_nc))
+      variables = jax.jit(model.G.init)(jax.random.key(0), sem, None if z is None else z[:1])
+      batch = {"label": jnp.asarray(rng.integers(0, nc, (bs, h // 16, w // 16)).repeat(16, 1).repeat(16, 2), jnp.int32)}
+      if not d.no_instance:
+        batch["instance"] = jnp.asarray(rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2), jnp.int32)
+      # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
+      generate = lambda m: jax.jit(lambda v, b, z: m.G.apply(v, m.semantics(b), z, train=False))
+      flops = generate(dense_model).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
       t = time.perf_counter()
-      compiled = _generate.lower(G, *args_g, variables, label, inst, z).compile()
+      compiled = generate(model).lower(variables, batch, z).compile()
       compile_s = time.perf_counter() - t
-      dt = _time(lambda: compiled(variables, label, inst, z), args.steps)
-      rows.append((preset, f"{h}x{w}", "infer", bs, bs / dt, compile_s, _bytes(compiled.memory_analysis()),
-                   _device_peak(dev), flops / bs, flops / dt))
+      dt = _time(lambda: compiled(variables, batch, z), args.steps)
+      emit(preset, f"{h}x{w}", "infer", bs, bs / dt, compile_s, _bytes(compiled.memory_analysis()),
+                   _device_peak(dev), flops / bs, flops / dt)
 
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  print()
-  print("| preset | size | what | batch | images/s | compile s | XLA peak GiB | device peak GiB | "
-        "model GFLOP/image | achieved TFLOP/s | MFU |")
-  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for preset, size, what, bs, ips, comp, xla_mem, dev_mem, fpi, fps in rows:
-    dev_col = f"{dev_mem / 2**30:.2f}" if dev_mem is not None else f"(RSS {rss / 2**30:.2f})"
-    mfu = f"{100 * fps / peak:.1f}%" if peak else "n/a"
-    print(f"| {preset} | {size} | {what} | {bs} | {ips:.3f} | {comp:.1f} | {xla_mem / 2**30:.2f} | {dev_col} | "
-          f"{fpi / 1e9:.0f} | {fps / 1e12:.3f} | {mfu} |")
+    if args.components:
+      import components  # noqa: PLC0415
+      for name, seconds in components.jax_times(config, args.batch, args.steps).items():
+        component_rows.append((preset, name, args.batch, seconds))
+
+  if component_rows:
+    print()
+    print("| preset | component | batch | seconds |")
+    print("|---|---|---:|---:|")
+    for preset, name, bs, seconds in component_rows:
+      print(f"| {preset} | {name} | {bs} | {seconds:.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""The same train iteration in our jitted JAX step and in PyTorch eager, on this machine, as a ratio.
+"""A SPADE train iteration, its components and generator inference: our jitted JAX against PyTorch eager, on
+this machine, as ratios.
 
   python bench/torch_compare.py                       # COCO-Stuff 256x256, ngf 64, batch 1, VGG loss on
-  python bench/torch_compare.py --preset=cityscapes --ngf=32 --batch=2 --threads=2
+  python bench/torch_compare.py --preset=coco_stuff --crop=128 --batch=2
+  python bench/torch_compare.py --preset=cityscapes --ngf=32 --threads=2 --no_components
 
 PyTorch runs the reference networks the parity tests use (tests/torch_reference.py, the official module layout):
 G step (G forward, D on [fake; real], hinge + feature matching + VGG, backward, Adam) then D step (G forward
-without gradients, D on [fake; real] detached, hinge, backward, Adam), as the official trainer. Both sides use float32,
-random weights and the same input sizes; times exclude JAX's compilation and one warm-up iteration each. Needs the
-test extra (torch). Prints one table row.
+without gradients, D on [fake; real] detached, hinge, backward, Adam), as the official trainer. Components as in
+bench/components.py; inference is the generator in eval mode on a batch of one-hot maps (--infer_batch). Both sides
+use float32, random weights and the same input sizes; JAX times exclude compilation and one warm-up call, PyTorch
+times one warm-up call. Needs the test extra (torch). Prints one table.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 def torch_iteration_seconds(config, batch, steps, threads):
@@ -74,6 +78,46 @@ def torch_iteration_seconds(config, batch, steps, threads):
   return (time.perf_counter() - t) / steps
 
 
+def torch_inference_seconds(config, batch, steps, threads):
+  import torch  # noqa: PLC0415
+
+  from components import random_inputs  # noqa: PLC0415
+  from spade_jax.models import semantic_nc  # noqa: PLC0415
+  from tests import torch_reference as ref  # noqa: PLC0415
+  torch.set_num_threads(threads)
+  d, m = config.data, config.model
+  s = semantic_nc(d)
+  G = ref.SPADEGenerator(s, ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=d.crop_size,
+                         aspect_ratio=d.aspect_ratio, param_free_norm=m.param_free_norm).eval()
+  label, _ = random_inputs(config, batch)
+  sem = torch.nn.functional.one_hot(torch.from_numpy(label).long(), s).permute(0, 3, 1, 2).float()
+  with torch.no_grad():
+    G(sem)
+    t = time.perf_counter()
+    for _ in range(steps):
+      G(sem)
+  return (time.perf_counter() - t) / steps
+
+
+def jax_inference_seconds(config, batch, steps):
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from components import random_inputs  # noqa: PLC0415
+  from spade_jax.training.step import Model  # noqa: PLC0415
+  model = Model.from_config(config)
+  label, _ = random_inputs(config, batch)
+  sem = model.semantics({"label": jnp.asarray(label)})
+  variables = jax.jit(model.G.init)(jax.random.key(0), sem[:1], None)
+  gen = jax.jit(lambda v, sem: model.G.apply(v, sem, None, train=False))
+  jax.block_until_ready(gen(variables, sem))
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = gen(variables, sem)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / steps
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--preset", default="coco_stuff")
@@ -83,6 +127,9 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--label_conv", default="dense", choices=["dense", "gather"])
   p.add_argument("--no_vgg", action="store_true")
+  p.add_argument("--crop", type=int, default=0, help="override crop_size (e.g. 128)")
+  p.add_argument("--infer_batch", type=int, default=8, help="generator inference batch (0: skip)")
+  p.add_argument("--no_components", action="store_true")
   args = p.parse_args(argv)
 
   import jax  # noqa: PLC0415
@@ -100,7 +147,15 @@ def main(argv=None):
     config.model.ngf = args.ngf
   if args.no_vgg:
     config.loss.lambda_vgg = 0.0
+  if args.crop:
+    config.data.crop_size = config.data.load_size = args.crop
   config.model.spade_label_conv = args.label_conv
+  import components  # noqa: PLC0415
+  rows = []
+  if not args.no_components:
+    theirs = components.torch_times(config, args.batch, args.steps, args.threads)
+    ours = components.jax_times(config, args.batch, args.steps)
+    rows += [(name, theirs[name], ours[name]) for name in components.COMPONENTS]
   t_torch = torch_iteration_seconds(config, args.batch, args.steps, args.threads)
 
   mesh = parallel.make_mesh(1)
@@ -127,11 +182,18 @@ def main(argv=None):
       state, m = step(state, batch, vgg, jax.random.key(2))
     jax.block_until_ready(m)
     t_jax = (time.perf_counter() - t) / args.steps
-  print(f"| preset | size | ngf | batch | VGG | label conv | PyTorch {__import__('torch').__version__} eager s/iter | "
-        f"JAX {jax.__version__} jit s/iter | speed-up |")
-  print("|---|---|---:|---:|---|---|---:|---:|---:|")
-  print(f"| {args.preset} | {h}x{w} | {config.model.ngf} | {args.batch} | {'on' if vgg is not None else 'off'} | "
-        f"{args.label_conv} | {t_torch:.2f} | {t_jax:.2f} | {t_torch / t_jax:.2f}x |")
+  rows.append(("train iteration", t_torch, t_jax))
+  if args.infer_batch:
+    rows.append((f"inference, batch {args.infer_batch}", torch_inference_seconds(config, args.infer_batch, args.steps,
+                                                                               args.threads),
+                 jax_inference_seconds(config, args.infer_batch, args.steps)))
+  torch_version = __import__("torch").__version__
+  print(f"{args.preset} {h}x{w}, ngf {config.model.ngf}, batch {args.batch}, VGG {'on' if vgg is not None else 'off'}, "
+        f"label conv {args.label_conv}; {os.cpu_count()} CPU cores, torch threads {args.threads}")
+  print(f"| what | PyTorch {torch_version} eager s | JAX {jax.__version__} jit s | PyTorch / JAX |")
+  print("|---|---:|---:|---:|")
+  for name, t_t, t_j in rows:
+    print(f"| {name} | {t_t:.3f} | {t_j:.3f} | {t_t / t_j:.2f}x |")
 
 
 if __name__ == "__main__":

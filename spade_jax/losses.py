@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from spade_jax.models.layers import at_least_float32 as _f32
+
 LAMBDA_FEAT = 10.0  # official defaults (train_options)
 LAMBDA_VGG = 10.0
 LAMBDA_KLD = 0.05
@@ -15,7 +17,7 @@ VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)  # relu1_1 .. relu5_1
 
 def _multiscale(per_scale_loss, outputs):
   """Mean over every patch logit per scale, averaged over scales (the official sum / num_D)."""
-  return sum(per_scale_loss(scale[-1].astype(jnp.float32)) for scale in outputs) / len(outputs)
+  return sum(per_scale_loss(_f32(scale[-1])) for scale in outputs) / len(outputs)
 
 
 def hinge_d_real(outputs):
@@ -36,7 +38,7 @@ def feature_matching(fake_outputs, real_outputs, lambda_feat: float = LAMBDA_FEA
   loss = 0.0
   for fake_scale, real_scale in zip(fake_outputs, real_outputs):
     for f, r in zip(fake_scale[:-1], real_scale[:-1]):
-      loss += jnp.mean(jnp.abs(f.astype(jnp.float32) - jax.lax.stop_gradient(r).astype(jnp.float32)))
+      loss += jnp.mean(jnp.abs(_f32(f) - _f32(jax.lax.stop_gradient(r))))
   return loss * lambda_feat / num_d
 
 
@@ -44,11 +46,11 @@ def vgg_loss(fake_feats, real_feats, lambda_vgg: float = LAMBDA_VGG, weights=VGG
   """Weighted L1 between VGG19 features of fake and (stop-gradient) real images."""
   loss = 0.0
   for w, f, r in zip(weights, fake_feats, real_feats):
-    loss += w * jnp.mean(jnp.abs(f.astype(jnp.float32) - jax.lax.stop_gradient(r).astype(jnp.float32)))
+    loss += w * jnp.mean(jnp.abs(_f32(f) - _f32(jax.lax.stop_gradient(r))))
   return loss * lambda_vgg
 
 
 def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD):
   """-0.5 * sum(1 + logvar - mu^2 - exp(logvar)), summed over batch and latent dims as the official code does."""
-  mu, logvar = mu.astype(jnp.float32), logvar.astype(jnp.float32)
+  mu, logvar = _f32(mu), _f32(logvar)
   return -0.5 * jnp.sum(1 + logvar - jnp.square(mu) - jnp.exp(logvar)) * lambda_kld

@@ -5,6 +5,7 @@ the official SPADE checkpoints depends on these details (see docs/spade_referenc
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -35,11 +36,94 @@ def _l2_normalize(x):
 
 
 def conv2d(x, kernel, bias=None, stride: int = 1, padding: int = 0):
-  """torch's Conv2d forward (explicit symmetric zero padding), computed in x's dtype (float32 weights are cast)."""
-  y = jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), (stride, stride), [(padding, padding)] * 2,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  """torch's Conv2d forward (explicit symmetric zero padding), computed in x's dtype (float32 weights are cast).
+
+  On the CPU backend the gradients are `_cpu_conv`'s (XLA:CPU's own weight gradients are pathological for some
+  shapes); other backends keep XLA's convolution and its gradients. Same numbers either way, to float32 rounding.
+  """
+  kernel = kernel.astype(x.dtype)
+  if jax.default_backend() == "cpu":
+    y = _cpu_conv(x, kernel, stride, padding, conv_method(x.shape, kernel.shape, stride, padding))
+  else:
+    y = _xla_conv(x, kernel, stride, padding)
   return y if bias is None else y + bias.astype(y.dtype)
+
+
+def _xla_conv(x, kernel, stride: int, padding: int):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> str:
+  """How `_cpu_conv` computes a weight gradient: 'xla' (XLA's, of the explicitly padded input) or 'taps'
+  (`conv_weight_grad`: one matmul per kernel tap).
+
+  Explicit padding alone removes XLA:CPU's worst case, a padded convolution whose output is larger than its input
+  (the discriminator's 4x4 stride-1 convs with padding 2: 256->512 channels at 33x33, batch 2, 10.8 s -> 0.07 s).
+  The rest comes from timing both ways on every convolution of the SPADE models (`python bench/conv_sweep.py`,
+  2-core x86-64): XLA's weight gradient of a stride-1 conv collapses once the output cotangent reaches ~2^23
+  values (128->128 channels, 3x3: 0.024 s at 128x128 but 0.49 s at 256x256, where the taps take 0.29 s; 128->512
+  at 128x128: 0.27 s, taps 0.08 s) and is 4-6x slower than one matmul for 1x1 convs (128->64 at 256x256: 0.053 s,
+  taps 0.009 s); below that size XLA's is faster (128->128 at 128x128: 0.024 s, taps 0.037 s). Strided
+  convolutions keep XLA's weight gradient.
+  """
+  n, h, w, _ = x_shape
+  k, cout = kernel_shape[0], kernel_shape[-1]
+  if stride != 1:
+    return "xla"
+  out_values = n * (h + 2 * padding - k + 1) * (w + 2 * padding - k + 1) * cout
+  return "taps" if k == 1 or out_values >= 2**23 else "xla"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _cpu_conv(x, kernel, stride: int, padding: int, method: str):
+  """XLA's padded convolution and input gradient; the weight gradient from the explicitly padded input."""
+  return _xla_conv(x, kernel, stride, padding)
+
+
+def _cpu_conv_fwd(x, kernel, stride, padding, method):
+  return _xla_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _cpu_conv_bwd(stride, padding, method, res, g):
+  x, kernel = res
+  dx = jax.vjp(lambda x: _xla_conv(x, kernel, stride, padding), x)[1](g)[0]
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
+  if method == "taps":
+    dw = conv_weight_grad(xp, g, kernel.shape[0], stride)
+  else:
+    dw = jax.vjp(lambda w: _xla_conv(xp, w, stride, 0), kernel)[1](g)[0]
+  return dx, dw.astype(kernel.dtype)
+
+
+_cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
+def conv_weight_grad(x, g, k: int, stride: int = 1):
+  """d(VALID conv of x)/d(kernel) contracted with the output cotangent g: for each tap (i, j) of the k x k kernel,
+  dW[i, j] = sum over batch and output pixels of x[p * stride + (i, j)] outer g[p]: one (Cout, L) x (L, Cin)
+  matmul per tap, accumulated in at least float32.
+
+  At stride 1 each tap's input pixels are a contiguous window of the flattened image when g is zero-padded to the
+  input's width (the padded columns contribute nothing), so no strided copy of x is made per tap.
+  """
+  n, ho, wo, cout = g.shape
+  _, hp, wp, cin = x.shape
+  dot = lambda gt, xs: jnp.einsum("nol,nlc->oc", gt, xs, preferred_element_type=_stats_dtype(x))
+  taps = []
+  if stride == 1:
+    g_t = jnp.pad(g, ((0, 0), (0, 0), (0, wp - wo), (0, 0))).reshape(n, ho * wp, cout).transpose(0, 2, 1)
+    x_flat = jnp.pad(x.reshape(n, hp * wp, cin), ((0, 0), (0, k), (0, 0)))  # windows may run k past the end
+    for i in range(k):
+      for j in range(k):
+        taps.append(dot(g_t, x_flat[:, i * wp + j:i * wp + j + ho * wp]))
+  else:
+    g_t = g.reshape(n, ho * wo, cout).transpose(0, 2, 1)
+    for i in range(k):
+      for j in range(k):
+        xs = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+        taps.append(dot(g_t, xs.reshape(n, ho * wo, cin)))
+  return jnp.stack(taps).reshape(k, k, cout, cin).transpose(0, 1, 3, 2)
 
 
 def onehot_conv2d(ids, kernel, padding: int):
@@ -132,6 +216,11 @@ class Dense(nn.Module):
 def _stats_dtype(x):
   """Normalisation statistics in at least float32, also when activations are bfloat16."""
   return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def at_least_float32(x):
+  """bfloat16 -> float32 for losses and sums; float32 and float64 (the exactness tests) stay as they are."""
+  return x.astype(_stats_dtype(x))
 
 
 def instance_norm(x, eps: float = NORM_EPS):

@@ -31,6 +31,7 @@ from spade_jax import losses
 from spade_jax.models import (VGG19, build_discriminator, build_encoder, build_generator, output_size, reparameterize,
                               semantic_nc)
 from spade_jax.models.factory import compute_dtype
+from spade_jax.models.layers import at_least_float32
 from spade_jax.parallel import DATA
 from spade_jax.semantics import make_semantics
 
@@ -194,25 +195,29 @@ def train_step(model: Model, tx_g, tx_d, state, batch, vgg_params, rng, axis_nam
 
   # ---- G step ----
   def g_loss(trainable, inp):
-    sem, real, n = inp["sem"], inp["real"], inp["real"].shape[0]
+    sem, real = inp["sem"], inp["real"]
     metrics, updates = {}, {}
     z = None
     if model.E is not None:
       (mu, logvar), updates["e"] = model.E.apply({**state["e"], "params": trainable["e"]}, real, train=True,
                                                  mutable=["spectral"])
-      z = reparameterize(mu.astype(jnp.float32), logvar.astype(jnp.float32), inp["eps"])
+      z = reparameterize(at_least_float32(mu), at_least_float32(logvar), inp["eps"])
       metrics["G_KLD"] = losses.kld(mu, logvar, model.lambda_kld) * kld_scale
     fake, updates["g"] = model.G.apply({**state["g"], "params": trainable["g"]}, sem, z, train=True,
                                        mutable=["batch_stats", "spectral"])
-    d_in = jnp.concatenate([jnp.concatenate([sem, fake], -1), jnp.concatenate([sem, real], -1)], 0)
-    d_out, updates["d"] = model.D.apply(state["d"], d_in, train=True, mutable=["spectral"])
-    pred_fake, pred_real = _split(d_out, n)
+    # D on fake in train mode (one spectral-norm power iteration, as the official D([fake; real]) call), then on
+    # real with the iterated vectors and no gradient: the same outputs, without back-propagating through the real
+    # half (D's instance norms are per sample). Likewise VGG features of the real image are constants.
+    pred_fake, updates["d"] = model.D.apply(state["d"], jnp.concatenate([sem, fake], -1), train=True,
+                                            mutable=["spectral"])
+    pred_real = jax.lax.stop_gradient(model.D.apply({**state["d"], **updates["d"]},
+                                                    jnp.concatenate([sem, real], -1), train=False))
     metrics["G_GAN"] = losses.hinge_g(pred_fake)
     if model.lambda_feat > 0:
       metrics["G_GAN_Feat"] = losses.feature_matching(pred_fake, pred_real, model.lambda_feat)
     if model.vgg is not None:
-      feats = model.vgg.apply({"params": vgg_params}, jnp.concatenate([fake, real], 0))
-      metrics["G_VGG"] = losses.vgg_loss([f[:n] for f in feats], [f[n:] for f in feats], model.lambda_vgg)
+      vgg = lambda x: model.vgg.apply({"params": vgg_params}, x)
+      metrics["G_VGG"] = losses.vgg_loss(vgg(fake), jax.lax.stop_gradient(vgg(real)), model.lambda_vgg)
     return sum(metrics.values()), (metrics, updates)
 
   g_in = {"sem": sem, "real": real, "eps": _noise(model, rng_g, n_local, axis_name)}
@@ -235,7 +240,7 @@ def train_step(model: Model, tx_g, tx_d, state, batch, vgg_params, rng, axis_nam
     z = None
     if model.E is not None:
       (mu, logvar), updates["e"] = model.E.apply(state["e"], real, train=True, mutable=["spectral"])
-      z = reparameterize(mu.astype(jnp.float32), logvar.astype(jnp.float32), inp["eps"])
+      z = reparameterize(at_least_float32(mu), at_least_float32(logvar), inp["eps"])
     fake, updates["g"] = model.G.apply(state["g"], sem, z, train=True, mutable=["batch_stats", "spectral"])
     d_in = jax.lax.stop_gradient(
         jnp.concatenate([jnp.concatenate([sem, fake], -1), jnp.concatenate([sem, real], -1)], 0))

@@ -1,0 +1,61 @@
+"""conv2d's CPU formulations (explicit padding, per-tap weight gradient) equal XLA's convolution: forward, input
+gradient and weight gradient, on random shapes with odd sizes, strides 1 and 2, paddings 0-2 and kernels 1-4."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spade_jax.models import layers
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+CASES = [  # (n, h, w, cin, cout, k, stride, padding)
+    (2, 7, 9, 3, 5, 3, 1, 1), (1, 8, 8, 4, 6, 4, 1, 2), (2, 9, 6, 5, 3, 4, 2, 2), (1, 11, 11, 2, 4, 3, 2, 1),
+    (3, 5, 7, 6, 2, 1, 1, 0), (1, 6, 9, 3, 3, 2, 2, 0), (2, 10, 5, 4, 7, 3, 1, 0), (1, 13, 12, 3, 4, 4, 2, 1),
+    (2, 4, 4, 5, 5, 1, 2, 0), (1, 7, 7, 2, 3, 2, 1, 2),
+]
+
+
+def _reference(x, w, stride, padding):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2, dimension_numbers=DIMS)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}h{}w{}c{}o{}k{}s{}p{}".format(*c))
+@pytest.mark.parametrize("method", ["xla", "taps"])
+def test_conv_equals_xla(case, method):
+  n, h, w, cin, cout, k, stride, padding = case
+  rng = np.random.default_rng(sum(case))
+  x = jnp.asarray(rng.normal(size=(n, h, w, cin)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+  fn = lambda x, w: layers._cpu_conv(x, w, stride, padding, method)
+  ref = lambda x, w: _reference(x, w, stride, padding)
+  y, vjp = jax.vjp(fn, x, kernel)
+  y_ref, vjp_ref = jax.vjp(ref, x, kernel)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  for got, want in zip(jax.jit(vjp)(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_weight_grad_in_bfloat16_accumulates_in_float32():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(1, 40, 40, 8)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(1, 38, 38, 4)), jnp.float32)
+  want = layers.conv_weight_grad(x, g, 3)
+  got = layers.conv_weight_grad(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16), 3)
+  assert got.dtype == jnp.float32
+  # bf16 inputs (8 bits of mantissa), exact float32 sums of 1444 products: relative error ~ 2^-8, not sqrt(1444) x
+  np.testing.assert_allclose(got, want, rtol=0, atol=0.02 * float(jnp.abs(want).max()))
+
+
+def test_conv2d_uses_the_rule_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert layers.conv_method((1, 256, 256, 128), (3, 3, 128, 128), 1, 1) == "taps"  # 2^23 output values
+  assert layers.conv_method((1, 128, 128, 128), (3, 3, 128, 128), 1, 1) == "xla"
+  assert layers.conv_method((1, 128, 128, 128), (3, 3, 128, 512), 1, 1) == "taps"
+  assert layers.conv_method((1, 32, 32, 1024), (1, 1, 1024, 512), 1, 0) == "taps"
+  assert layers.conv_method((2, 256, 256, 187), (4, 4, 187, 64), 2, 2) == "xla"
+  x = jnp.ones((1, 6, 6, 2))
+  grad_jaxpr = lambda w: str(jax.make_jaxpr(jax.grad(lambda w: layers.conv2d(x, w, padding=1).sum()))(w))
+  assert grad_jaxpr(jnp.ones((1, 1, 2, 8))).count("dot_general") == 1  # 1x1: one matmul
+  assert grad_jaxpr(jnp.ones((3, 3, 2, 64))).count("dot_general") == 0  # XLA's own weight gradient
