@@ -15,7 +15,10 @@ segmenter's score on the real images is reported as the ceiling.
 
 Writes DIR/eval/step_<N>/report.json, grid.png and TensorBoard scalars/images (eval/fid, eval/miou, ...), unless
 --out is given. `--inception_weights=random` runs the pipeline with untrained weights (smoke tests only: the FID
-is then meaningless and the report says so).
+is then meaningless and the report says so); `--nofid` skips FID.
+
+Multi-host (the same command on every host, or `python -m spade_jax.launch`): each process synthesises its share of
+every batch, and process 0 writes the report.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default
 _CONFIG = flags.DEFINE_string("config", None, "Config file whose `data` replaces the checkpoint's (e.g. data.root).")
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "pt_inception-2015-12-05-6726825d.pth (default: the "
                                  "cached / downloaded copy), or 'random' for smoke tests.")
+_FID = flags.DEFINE_bool("fid", True, "Compute FID (needs the Inception weights); --nofid: segmentation only.")
 _SEGMENTER = flags.DEFINE_enum("segmenter", "auto", ["auto", "none"], "Segmentation score: the data set's "
                                 "network (auto) or none.")
 _SEG_WEIGHTS = flags.DEFINE_string("segmenter_weights", None, "DRN-D-105 .pth (Cityscapes; required there), "
@@ -59,20 +63,44 @@ def _load_config(path):
 
 
 def synthesize_fn(syn, seed: int = 0):
-  """Evaluator-style synthesis with a Synthesizer: VAE models get z drawn per image index from `seed`."""
+  """Evaluator-style synthesis with a Synthesizer: VAE models get z drawn per image index from `seed`, or the
+  encoder's mean of `style` images (the demo's style scores)."""
   import numpy as np  # noqa: PLC0415
   from spade_jax.evaluation.runner import eval_latents  # noqa: PLC0415
 
-  def run(labels, instances, first):
+  def run(labels, instances, first, style=None):
+    instances = instances if not syn.no_instance else None
+    if style is not None:
+      return syn.synthesize(labels, instances=instances, style=list(style))
     z = np.asarray(eval_latents(first, len(labels), syn.generator.z_dim, seed)) if syn.use_vae else None
-    return syn.synthesize(labels, instances=instances if not syn.no_instance else None, z=z)
+    return syn.synthesize(labels, instances=instances, z=z)
   return run
 
 
-def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, segmenter="auto",
+def share_over_processes(run):
+  """Several processes (a multi-host job): each synthesises its contiguous share of every batch (VAE codes follow
+  the image index, so the split changes nothing) and the shares are gathered on all of them. One process: `run`."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  if jax.process_count() == 1:
+    return run
+
+  def shared(labels, instances, first, style=None):
+    n, count, i = len(labels), jax.process_count(), jax.process_index()
+    lo, hi = i * n // count, (i + 1) * n // count
+    kw = {} if style is None else {"style": style[lo:hi]}
+    part = np.asarray(run(labels[lo:hi], None if instances is None else instances[lo:hi], first + lo, **kw))
+    return np.asarray(multihost_utils.process_allgather(part, tiled=True))
+  return shared
+
+
+def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fid=True, segmenter="auto",
              segmenter_weights=None, num_images=0, batch_size=8, out=None, grid_size=8, fid_cache=None,
              use_ema=True, demo_segmenter_steps=0) -> dict:
+  import jax  # noqa: PLC0415
   import spade_jax.inference  # noqa: PLC0415
+  from spade_jax import parallel  # noqa: PLC0415
   from spade_jax.evaluation import runner  # noqa: PLC0415
   from spade_jax.training.writer import MetricWriter  # noqa: PLC0415
 
@@ -82,18 +110,21 @@ def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, se
     config = _load_config(config_path)
   h, w = syn.image_size
   out = pathlib.Path(out or pathlib.Path(workdir) / "eval" / f"step_{syn.step}")
-  evaluator = runner.Evaluator(config, (h, w), inception_weights=inception_weights, segmenter=segmenter,
-                               segmenter_weights=segmenter_weights or "", num_images=num_images,
-                               batch_size=batch_size, fid_cache=fid_cache, grid_size=grid_size,
-                               demo_segmenter_steps=demo_segmenter_steps or None, log=_log)
+  batch_size = -(-batch_size // jax.process_count()) * jax.process_count()  # equal shares per process
+  with parallel.main_process_first("evaluator"):  # process 0 trains / downloads and caches, the others load
+    evaluator = runner.Evaluator(config, (h, w), inception_weights=inception_weights, fid=fid, segmenter=segmenter,
+                                 segmenter_weights=segmenter_weights or "", num_images=num_images,
+                                 batch_size=batch_size, fid_cache=fid_cache, grid_size=grid_size,
+                                 demo_segmenter_steps=demo_segmenter_steps or None, log=_log)
   _log(f"eval: step {syn.step} ({syn.weights} weights), {evaluator.num_images} of {evaluator.split_size} "
        f"validation images at {h}x{w}, output {out}")
-  report, grid = evaluator(synthesize_fn(syn), syn.step)
+  report, grid = evaluator(share_over_processes(synthesize_fn(syn)), syn.step)
   report["checkpoint"] = {"source": syn.source, "step": syn.step, "weights": syn.weights}
-  runner.write(report, grid, out)
-  with MetricWriter(str(out / "logs")) as writer:
-    writer.write_scalars(int(syn.step or 0), runner.scalars(report))
-    writer.write_images(int(syn.step or 0), {"eval/grid": grid})
+  if jax.process_index() == 0:  # every process has the whole report; one writes it
+    runner.write(report, grid, out)
+    with MetricWriter(str(out / "logs")) as writer:
+      writer.write_scalars(int(syn.step or 0), runner.scalars(report))
+      writer.write_images(int(syn.step or 0), {"eval/grid": grid})
   seg = report.get("segmentation")
   _log(f"eval: FID {report['fid']:.4f}" if report.get("fid") is not None else "eval: no FID")
   if seg:
@@ -107,10 +138,13 @@ def main(argv):
   del argv
   if _DRN.value and _SEG_WEIGHTS.value and _DRN.value != _SEG_WEIGHTS.value:
     raise app.UsageError("give --segmenter_weights or --drn_weights, not both")
-  evaluate(_WORKDIR.value, step=_CHECKPOINT.value, config_path=_CONFIG.value, inception_weights=_INCEPTION.value,
-           segmenter=_SEGMENTER.value, segmenter_weights=_SEG_WEIGHTS.value or _DRN.value,
-           num_images=_NUM.value, batch_size=_BATCH.value, out=_OUT.value, grid_size=_GRID.value,
-           fid_cache=_FID_CACHE.value, use_ema=_EMA.value, demo_segmenter_steps=_DEMO_STEPS.value)
+  from spade_jax import parallel  # noqa: PLC0415 (before any JAX computation)
+  parallel.maybe_initialize_distributed()  # one of several processes: each synthesises its share
+  with parallel.fail_fast():
+    evaluate(_WORKDIR.value, step=_CHECKPOINT.value, config_path=_CONFIG.value, inception_weights=_INCEPTION.value,
+             fid=_FID.value, segmenter=_SEGMENTER.value, segmenter_weights=_SEG_WEIGHTS.value or _DRN.value,
+             num_images=_NUM.value, batch_size=_BATCH.value, out=_OUT.value, grid_size=_GRID.value,
+             fid_cache=_FID_CACHE.value, use_ema=_EMA.value, demo_segmenter_steps=_DEMO_STEPS.value)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Resumes from DIR's latest checkpoint by itself. Multi-host: launch one process per host (see README).
 """
 import logging as pylogging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,11 +23,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   pylogging.getLogger("absl").addFilter(_QuietLibraries())  # orbax logs through absl's logger
+  from spade_jax import launch  # noqa: PLC0415 (no JAX)
+  if launch.should_supervise():  # one of several processes: train in a child, report how it ended (see launch)
+    sys.exit(launch.supervise(_WORKDIR.value))
   from spade_jax import parallel  # noqa: PLC0415 (after flag parsing; before any JAX computation)
   parallel.maybe_initialize_distributed()
   from spade_jax.training.loop import train_and_evaluate  # noqa: PLC0415
   logging.info("config:\n%s", _CONFIG.value)
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with parallel.fail_fast():
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

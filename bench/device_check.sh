@@ -27,7 +27,7 @@ step() {  # step SECONDS TITLE COMMAND...: run with a time limit, log everything
   local limit=$1 title=$2
   shift 2
   echo "== $title" | tee -a "$log"
-  timeout "$limit" "$@" 2>&1 | tee -a "$log" | grep -E '^(\||jax |[a-z]+ [0-9]+x)' || true
+  timeout "$limit" "$@" 2>&1 | tee -a "$log" | grep -E '^(\||jax )'
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || echo "   ($title ended with exit code $rc$([ "$rc" = 124 ] && echo ': time limit'); see $log)" | tee -a "$log"
 }

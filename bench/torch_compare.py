@@ -8,9 +8,9 @@ this machine, as ratios.
 PyTorch runs the reference networks the parity tests use (tests/torch_reference.py, the official module layout):
 G step (G forward, D on [fake; real], hinge + feature matching + VGG, backward, Adam) then D step (G forward
 without gradients, D on [fake; real] detached, hinge, backward, Adam), as the official trainer. Components as in
-bench/components.py; inference is the generator in eval mode on a batch of one-hot maps (--infer_batch). Both sides
-use float32, random weights and the same input sizes; JAX times exclude compilation and one warm-up call, PyTorch
-times one warm-up call. Needs the test extra (torch). Prints one table.
+bench/components.py; inference is the generator in eval mode on a batch of one-hot maps (--infer_batch). Every
+time is the minimum over --steps calls after a warm-up call (and, for JAX, compilation). Both sides use float32,
+random weights and the same input sizes. Needs the test extra (torch). Prints one table.
 """
 from __future__ import annotations
 
@@ -72,10 +72,12 @@ def torch_iteration_seconds(config, batch, steps, threads):
     opt_d.step()
 
   iteration()  # warm-up
-  t = time.perf_counter()
+  times = []
   for _ in range(steps):
+    t = time.perf_counter()
     iteration()
-  return (time.perf_counter() - t) / steps
+    times.append(time.perf_counter() - t)
+  return min(times)
 
 
 def torch_inference_seconds(config, batch, steps, threads):
@@ -91,12 +93,14 @@ def torch_inference_seconds(config, batch, steps, threads):
                          aspect_ratio=d.aspect_ratio, param_free_norm=m.param_free_norm).eval()
   label, _ = random_inputs(config, batch)
   sem = torch.nn.functional.one_hot(torch.from_numpy(label).long(), s).permute(0, 3, 1, 2).float()
+  times = []
   with torch.no_grad():
     G(sem)
-    t = time.perf_counter()
     for _ in range(steps):
+      t = time.perf_counter()
       G(sem)
-  return (time.perf_counter() - t) / steps
+      times.append(time.perf_counter() - t)
+  return min(times)
 
 
 def jax_inference_seconds(config, batch, steps):
@@ -111,11 +115,12 @@ def jax_inference_seconds(config, batch, steps):
   variables = jax.jit(model.G.init)(jax.random.key(0), sem[:1], None)
   gen = jax.jit(lambda v, sem: model.G.apply(v, sem, None, train=False))
   jax.block_until_ready(gen(variables, sem))
-  t = time.perf_counter()
+  times = []
   for _ in range(steps):
-    out = gen(variables, sem)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t) / steps
+    t = time.perf_counter()
+    jax.block_until_ready(gen(variables, sem))
+    times.append(time.perf_counter() - t)
+  return min(times)
 
 
 def main(argv=None):
@@ -177,11 +182,13 @@ def main(argv=None):
     batch = parallel.global_batch(local, mesh)
     state, m = step(state, batch, vgg, jax.random.key(2))  # compile + warm-up
     jax.block_until_ready(m)
-    t = time.perf_counter()
+    times = []
     for _ in range(args.steps):
+      t = time.perf_counter()
       state, m = step(state, batch, vgg, jax.random.key(2))
-    jax.block_until_ready(m)
-    t_jax = (time.perf_counter() - t) / args.steps
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t)
+    t_jax = min(times)
   rows.append(("train iteration", t_torch, t_jax))
   if args.infer_batch:
     rows.append((f"inference, batch {args.infer_batch}", torch_inference_seconds(config, args.infer_batch, args.steps,

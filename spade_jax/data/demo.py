@@ -8,8 +8,9 @@ synthesis have something to learn. Deterministic from the seed; each sample depe
 
     python -m spade_jax.data.demo --out=/tmp/landscapes [--num_train=200 --num_val=20 --size=64 --seed=0]
 
-writes ``{out}/{train,val}/images/*.png`` (RGB), ``{out}/{train,val}/labels/*.png`` (mode 'L' ids 0..6) and a
-marker file; a second call with the same arguments is a no-op. Use with ``dataset='custom'``, ``root=out``,
+writes ``{out}/{train,val}/images/*.png`` (RGB), ``{out}/{train,val}/labels/*.png`` (mode 'L' ids 0..6),
+``{out}/{train,val}/styles.json`` (file stem -> 'day' / 'sunset' / 'night': what the style scores of the evaluation
+check a synthesis against) and a marker file; a second call with the same arguments is a no-op. Use with ``dataset='custom'``, ``root=out``,
 ``label_nc=7``, ``no_instance=True``, ``contain_dontcare_label=False``.
 """
 
@@ -45,7 +46,8 @@ _PALETTES = {
 }
 _TEXTURE = np.array([3, 6, 10, 6, 6, 12, 14], np.float32)  # low-frequency texture amplitude per class
 _MARKER = '.spade_demo_complete.json'
-_VERSION = 1
+STYLES_FILE = 'styles.json'  # per split, beside images/ and labels/ (outside them: the custom layout is unchanged)
+_VERSION = 2
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,10 +173,12 @@ def generate(out_dir, num_train: int = 200, num_val: int = 20, size: int = 64, s
       for old in d.glob('*.png'):  # remove our own files of an earlier, different run
         if re.fullmatch(r'\d{5}\.png', old.name):
           old.unlink()
+    styles = {}
     for i in range(n):
-      lab, img, _ = sample(seed, split, i, size)
+      lab, img, styles[f'{i:05d}'] = sample(seed, split, i, size)
       Image.fromarray(lab).save(lab_dir / f'{i:05d}.png', compress_level=1)
       Image.fromarray(img).save(img_dir / f'{i:05d}.png', compress_level=1)
+    (out / split / STYLES_FILE).write_text(json.dumps(styles, indent=0) + '\n')
   marker.write_text(json.dumps(params))
   return out
 

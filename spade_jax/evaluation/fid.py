@@ -12,6 +12,7 @@ Cityscapes images) the covariances are singular and the fallback can trigger.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import warnings
 
@@ -102,7 +103,7 @@ def save_stats(path, mu, sigma, **meta) -> None:
   """Cache (mu, sigma) and protocol metadata (strings / numbers) in an .npz, written atomically."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".part.npz")
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.part.npz")  # several processes may write the same statistics
   np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
            **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
   tmp.replace(path)

@@ -10,6 +10,10 @@ accuracy of the synthesised images against their input label maps. Segmenters by
   coco_stuff  DeepLabV2-ResNet101 MSC (kazuto1011/deeplab-pytorch; downloaded and cached, or a path)
   demo        a small network trained here on the real demo training images (spade_jax.evaluation.demo_segmenter)
 
+VAE models on the demo data set are also scored for style (spade_jax.evaluation.style): each validation label map
+synthesised with its own photo's style code must show the photo's recorded style (day / sunset / night), and the
+styles of random-code syntheses are counted.
+
 Every batch is padded to the fixed batch size, so each network compiles once per evaluation run.
 """
 from __future__ import annotations
@@ -130,7 +134,7 @@ class Evaluator:
 
   def __init__(self, config, image_size, *, inception_weights=None, fid: bool = True, segmenter: str = "auto",
                segmenter_weights: str = "", num_images: int = 0, batch_size: int = 8, fid_cache=None,
-               grid_size: int = 8, demo_segmenter_steps: int | None = None, log=_log):
+               grid_size: int = 8, demo_segmenter_steps: int | None = None, style_rounds: int = 4, log=_log):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     from spade_jax.data.sources import build_source  # noqa: PLC0415
@@ -171,6 +175,23 @@ class Evaluator:
     self.segmenter = build_segmenter(self.data_cfg, segmenter, segmenter_weights, demo_steps=demo_segmenter_steps,
                                      log=log)
     self.real_seg = None  # the segmenter's scores on the real images (computed on the first run)
+    self.style_judge, self.val_styles, self.style_skipped = None, None, None
+    self.style_rounds = max(1, int(style_rounds))
+    if _is_demo(self.data_cfg):
+      self._init_style(config)
+
+  def _init_style(self, config):
+    """The demo's style judge and the validation images' recorded styles (VAE models only)."""
+    if not config.model.get("use_vae", False):
+      self.style_skipped = "the model has no VAE encoder (use_vae=False): its style is not an input"
+      return
+    from spade_jax.evaluation import style as style_lib  # noqa: PLC0415
+    try:
+      self.val_styles = style_lib.read_styles(self.data_cfg, "val")[:self.num_images]
+      self.style_judge = style_lib.build_judge(self.data_cfg)
+    except ValueError as e:
+      self.style_skipped = str(e)
+      self.log(f"eval: no style scores: {e}")
 
   def _batches(self):
     from spade_jax.data import make_dataset  # noqa: PLC0415
@@ -184,7 +205,9 @@ class Evaluator:
 
   def __call__(self, synthesize: Callable, step: int | None = None) -> tuple[dict, np.ndarray]:
     """synthesize(labels int32 (B, H, W), instances int32 (B, H, W) or None, first_index) -> uint8 (B, H, W, 3);
-    B is always the evaluator's batch size (the tail is padded). Returns (report, grid image)."""
+    B is always the evaluator's batch size (the tail is padded). VAE models draw z per image index (see
+    `eval_latents`); for the demo's style scores they are also called with `style=` uint8 (B, H, W, 3) real images,
+    whose encoder means (z = mu) replace the random codes. Returns (report, grid image)."""
     from spade_jax.evaluation import fid as fid_lib  # noqa: PLC0415
     from spade_jax.evaluation.metrics import ConfusionMatrix  # noqa: PLC0415
     from spade_jax.training.writer import Progress, sample_grid  # noqa: PLC0415
@@ -198,6 +221,10 @@ class Evaluator:
       seg = ConfusionMatrix(self.segmenter.num_classes)
       real_cm = ConfusionMatrix(self.segmenter.num_classes) if self.real_seg is None else None
     rows = {"label": [], "fake": [], "real": []}
+    styles = None
+    if self.style_judge is not None:
+      from spade_jax.evaluation import style as style_lib  # noqa: PLC0415
+      styles = style_lib.StyleScores()
     progress = Progress(-(-self.num_images // bs), every_secs=10.0, smoothing_secs=20.0)
     for i, (first, k, batch) in enumerate(self._batches()):
       labels = np.asarray(batch["label"][:k])
@@ -217,6 +244,8 @@ class Evaluator:
         seg.update(gt, np.asarray(self.segmenter.segment(_pad(fake, bs)))[:k])
         if real_cm is not None:
           real_cm.update(gt, np.asarray(self.segmenter.segment(_pad(real, bs)))[:k])
+      if styles is not None:
+        self._score_styles(styles, synthesize, labels, inst, real, fake, first)
       if len(rows["fake"]) < self.grid_size:
         m = self.grid_size - len(rows["fake"])
         rows["label"] += list(labels[:m])
@@ -265,9 +294,29 @@ class Evaluator:
                   "confusion matrix; ground-truth pixels labelled 255 are ignored"}
     else:
       report["segmentation_skipped"] = "segmentation disabled (--segmenter=none)"
+    if styles is not None:
+      report["style"] = {"judge": "colour rule (nearest centroid, fitted on the real demo training images)",
+                         "protocol": style_lib.PROTOCOL, "random_code_rounds": self.style_rounds,
+                         "centroids": self.style_judge.describe(), **styles.scores()}
+    elif self.style_skipped:
+      report["style_skipped"] = self.style_skipped
     report["seconds"] = round(time.time() - t0, 2)
     grid = sample_grid(self._colorize(np.stack(rows["label"])), np.stack(rows["fake"]), np.stack(rows["real"]))
     return report, grid
+
+  def _score_styles(self, styles, synthesize, labels, inst, real, fake, first):
+    """One batch of the style scores: own-style synthesis, the real images, and `style_rounds` random codes."""
+    from spade_jax.evaluation.style import features  # noqa: PLC0415
+    judge, k, bs = self.style_judge, len(labels), self.batch_size
+    true = self.val_styles[first:first + k]
+    pl, pi = _pad(labels, bs), None if inst is None else _pad(inst, bs)
+    own = np.asarray(synthesize(pl, pi, first, style=_pad(real, bs)))[:k]
+    styles.update_guided(true, judge.classify(own, labels), features(own, labels))
+    styles.update_real(true, judge.classify(real, labels), features(real, labels))
+    styles.update_random(judge.classify(fake, labels))
+    for r in range(1, self.style_rounds):  # more random codes per label map: index i + r * num_images
+      more = np.asarray(synthesize(pl, pi, first + r * self.num_images))[:k]
+      styles.update_random(judge.classify(more, labels))
 
   def _colorize(self, labels):
     from spade_jax import colormap  # noqa: PLC0415
@@ -283,6 +332,11 @@ def scalars(report: dict) -> dict:
     s = report["segmentation"]
     out.update({"eval/miou": s["miou"], "eval/pixel_accuracy": s["pixel_accuracy"],
                 "eval/miou_real": s["real_images"]["miou"]})
+  if report.get("style"):
+    s = report["style"]
+    out["eval/style_accuracy"] = s["accuracy"]
+    out["eval/style_accuracy_real"] = s["real_images"]["accuracy"]
+    out.update({f"eval/style_share_{k}": v for k, v in s["random_code_shares"].items() if v is not None})
   return out
 
 

@@ -19,7 +19,7 @@ class NLayerDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     feats = []
-    x = leaky_relu(Conv2d(self.ndf, KW, 2, PADW, name="model0")(x))
+    x = leaky_relu(Conv2d(self.ndf, KW, 2, PADW, name="model0")(x))  # x: an array or a tuple of channel parts
     feats.append(x)
     nf = self.ndf
     for n in range(1, self.n_layers):
@@ -35,7 +35,8 @@ class NLayerDiscriminator(nn.Module):
 class MultiscaleDiscriminator(nn.Module):
   """num_D sub-discriminators on successively average-pooled inputs; returns a list (per scale) of feature lists.
 
-  The input is concat([semantics, image], channel axis): one-hot (+ don't-care) (+ edges) first, then RGB.
+  The input is concat([semantics, image], channel axis): one-hot (+ don't-care) (+ edges) first, then RGB; or the
+  tuple (semantics, image).
   `dtype` is the compute dtype (parameters and the spectral-norm iteration stay float32); `remat` recomputes each
   scale's activations in the backward pass.
   """
@@ -48,12 +49,15 @@ class MultiscaleDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    """`x`: the input, or a tuple (semantics, image) standing for their concatenation, which back-propagates into
+    the image alone (the train step's G half needs no gradient w.r.t. the one-hot label map)."""
+    parts = x if isinstance(x, tuple) else (x,)
     if self.dtype is not None:
-      x = x.astype(self.dtype)
+      parts = tuple(p.astype(self.dtype) for p in parts)
     scale = nn.remat(NLayerDiscriminator, static_argnums=(2,)) if self.remat else NLayerDiscriminator
     outputs = []
     for i in range(self.num_D):
-      outputs.append(scale(self.ndf, self.n_layers, self.spectral, name=f"discriminator_{i}")(x, train))
+      outputs.append(scale(self.ndf, self.n_layers, self.spectral, name=f"discriminator_{i}")(parts, train))
       if i + 1 < self.num_D:
-        x = avg_pool_3x3_s2(x)
+        parts = tuple(avg_pool_3x3_s2(p) for p in parts)
     return outputs

@@ -62,17 +62,18 @@ def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> str:
   (the discriminator's 4x4 stride-1 convs with padding 2: 256->512 channels at 33x33, batch 2, 10.8 s -> 0.07 s).
   The rest comes from timing both ways on every convolution of the SPADE models (`python bench/conv_sweep.py`,
   2-core x86-64): XLA's weight gradient of a stride-1 conv collapses once the output cotangent reaches ~2^23
-  values (128->128 channels, 3x3: 0.024 s at 128x128 but 0.49 s at 256x256, where the taps take 0.29 s; 128->512
-  at 128x128: 0.27 s, taps 0.08 s) and is 4-6x slower than one matmul for 1x1 convs (128->64 at 256x256: 0.053 s,
-  taps 0.009 s); below that size XLA's is faster (128->128 at 128x128: 0.024 s, taps 0.037 s). Strided
-  convolutions keep XLA's weight gradient.
+  values (128->128 channels, 3x3: 0.024 s at 128x128 but 0.49 s at 256x256, where the taps take 0.29 s), and it is
+  slow for 1x1 convs (128->64 at 256x256: 0.053 s, taps 0.009 s) and for convs that widen 4x or more (SPADE's
+  gamma/beta convs, 128 -> 2C: 128->512 at 64x64 0.058 s, taps 0.026 s; 128->2048 at 16x16 0.024 s, taps
+  0.008 s); elsewhere XLA's is as fast or faster (128->128 at 128x128: 0.024 s, taps 0.037 s; 128->64 at 256x256:
+  0.084 s, taps 0.196 s). Strided convolutions keep XLA's weight gradient.
   """
-  n, h, w, _ = x_shape
+  n, h, w, cin = x_shape
   k, cout = kernel_shape[0], kernel_shape[-1]
   if stride != 1:
     return "xla"
   out_values = n * (h + 2 * padding - k + 1) * (w + 2 * padding - k + 1) * cout
-  return "taps" if k == 1 or out_values >= 2**23 else "xla"
+  return "taps" if k == 1 or out_values >= 2**23 or cout >= 4 * cin else "xla"
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -181,12 +182,20 @@ class Conv2d(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    k, cin = self.kernel_size, x.shape[-1]
+    """`x` may be a tuple of arrays that stand for their concatenation along channels: the conv is then the sum of
+    a conv per part with its slice of the kernel (same variables), and the backward pass computes input gradients
+    only for the parts that need them (the discriminator's image, not its one-hot label map)."""
+    parts = x if isinstance(x, tuple) else (x,)
+    k, cin = self.kernel_size, sum(p.shape[-1] for p in parts)
     kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
     if self.spectral:
       kernel = self._spectral_normalize(kernel, train)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
-    return conv2d(x, kernel, bias, self.stride, self.padding)
+    y, start = None, 0
+    for p in parts:
+      part = conv2d(p, kernel[:, :, start:start + p.shape[-1]], stride=self.stride, padding=self.padding)
+      y, start = part if y is None else y + part, start + p.shape[-1]
+    return y if bias is None else y + bias.astype(y.dtype)
 
   def _spectral_normalize(self, kernel, train):
     w_mat = kernel.reshape(-1, self.features).T  # (out, kh*kw*in)

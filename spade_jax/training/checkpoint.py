@@ -50,16 +50,26 @@ def _item_handlers(state_handler) -> dict:
 def is_finite_tree(tree) -> bool:
   """True if every float leaf of `tree` is free of NaN/Inf (integer and PRNG-key leaves are ignored).
 
-  The reductions run where the arrays live (sharded arrays are not gathered); only one bool per leaf comes back
-  to the host, all fetched at once.
+  The jax.Arrays are checked in one jitted program where they live (sharded arrays are not gathered; one program,
+  not one per leaf shape, which on several hosts each compile every time); one bool comes back to the host.
   """
-  flags = []
+  flags, arrays = [], []
   for x in jax.tree.leaves(tree):
     if isinstance(x, (float, complex)):
       flags.append(np.isfinite(x))
     elif hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact):
-      flags.append(jnp.isfinite(x).all() if isinstance(x, jax.Array) else np.isfinite(x).all())
-  return all(bool(f) for f in jax.device_get(flags))
+      if isinstance(x, jax.Array):
+        arrays.append(x)
+      else:
+        flags.append(np.isfinite(x).all())
+  if arrays:
+    flags.append(jax.device_get(_all_finite(arrays)))
+  return all(bool(f) for f in flags)
+
+
+@jax.jit
+def _all_finite(arrays):
+  return jnp.stack([jnp.isfinite(x).all() for x in arrays]).all()
 
 
 class Checkpointer:
@@ -114,11 +124,18 @@ class Checkpointer:
     step = _resolve_step(self._mngr, self.directory, step)
     args = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
-      if _has_item(self._mngr, step, DATA_ITER):
+      if self.has_data_iter(step):
         args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
       else:
-        logger.warning('checkpoint %s/%d has no data iterator state; the iterator starts afresh', self.directory, step)
+        logger.warning('checkpoint %s/%d has no data iterator state for %d processes; the iterator is left as is',
+                       self.directory, step, jax.process_count())
     return self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
+
+  def has_data_iter(self, step: int) -> bool:
+    """Whether `step` holds this process's iterator position: grain writes one file per process
+    (process_<i>-of-<n>.json), so a checkpoint written by another number of processes has none for this run."""
+    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    return (epath.Path(self._mngr.directory) / str(int(step)) / DATA_ITER / name).exists()
 
   def read_config(self, step: int | None = None) -> dict:
     """The config dict saved with `step` (None = latest)."""
@@ -179,7 +196,7 @@ def restore_subtrees(directory, keys: Iterable[str] = ('g', 'e'), step: int | No
   Keys absent from the checkpoint (e.g. 'e' without the VAE encoder) are absent from the result.
   `directory` is the checkpoints folder (`checkpoint_dir(workdir)`).
   """
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])  # devices()[0]: not ours on host 1
   with _reader(directory) as mngr:
     step = _resolve_step(mngr, directory, step)
     tree = mngr.item_metadata(step)[STATE].tree
@@ -208,8 +225,9 @@ class PreemptionGuard:
         ckpt.save(step, state, ...); break
 
   Multi-host: a signal reaches only some hosts, and all must save at the same step, so with process_count() > 1
-  no handler is installed (JAX's preemption service owns SIGTERM there) and `should_stop` asks
-  `multihost_utils.reached_preemption_sync_point(step)` instead; call it on every host at every step.
+  no handler is installed (JAX's preemption service owns SIGTERM there: a SIGTERM on any host is announced to all)
+  and `should_stop` asks `multihost_utils.reached_preemption_sync_point(step)` instead, which turns True at the same
+  step on every host. Call it on every host at every step: a host that skips the agreed step never stops.
   """
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):

@@ -53,7 +53,9 @@ def _init_from(state, source: str):
     if key not in state:
       raise ValueError(f"init_from={source} holds '{key}' but this config has no such network (use_vae?)")
     official.check_variables(tree, state[key], f"init_from={source} ({key})")
-    state[key] = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding), tree, state[key])
+    # via numpy: the restored arrays live on this process's first device, the state on all devices of all hosts
+    state[key] = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new).astype(old.dtype), old.sharding),
+                              tree, state[key])
   logging.info("initialised %s from %s; fresh optimiser states%s", sorted(loaded), source,
                "" if "d" in loaded else " and a fresh discriminator")
   return state
@@ -99,8 +101,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- mesh and data ----
   if config.data.get("demo_generate", False):
     from spade_jax.data import demo  # noqa: PLC0415
-    demo.generate(config.data.root, config.data.demo_num_train, config.data.demo_num_val,
-                  size=config.data.crop_size, seed=config.seed)
+    with parallel.main_process_first("demo data"):  # not N processes writing the same files at once
+      demo.generate(config.data.root, config.data.demo_num_train, config.data.demo_num_val,
+                    size=config.data.crop_size, seed=config.seed)
   mesh = parallel.make_mesh(config.parallel.num_data)
   global_bs = config.train.batch_size
   local_bs = parallel.check_batch_size(global_bs, mesh, config.train.get("grad_accum", 1))
@@ -108,9 +111,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if spe == 0:
     raise ValueError(f"the training set has fewer images than config.train.batch_size={global_bs}")
   total_steps = _total_steps(config, spe)
-  train_ds = make_dataset(config.data, split="train", batch_size=local_bs, seed=config.seed, train=True,
-                          process_index=jax.process_index(), process_count=jax.process_count())
-  train_iter = iter(train_ds)
+  rows = parallel.local_rows(mesh, global_bs)  # this process's share of every global batch
+  train_data = lambda start: make_dataset(config.data, split="train", batch_size=local_bs, seed=config.seed,
+                                          train=True, process_count=jax.process_count(), rows=rows,
+                                          start_batch=start)
+  train_iter = iter(train_data(0))
 
   # ---- model, optimisers, state ----
   model = Model.from_config(config, axis_name=parallel.DATA if config.train.use_shard_map else None)
@@ -124,8 +129,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ckpt.latest_step() is not None:
       _check_resumable(ckpt, abstract)
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
-      state = ckpt.restore(abstract_state=target, data_iter=train_iter)
-      logging.info("resumed from step %d in %s", ckpt.latest_step(), ckpt.directory)
+      resumed = ckpt.latest_step()
+      same_processes = ckpt.has_data_iter(resumed)
+      state = ckpt.restore(abstract_state=target, data_iter=train_iter if same_processes else None)
+      if not same_processes:  # written by another number of processes: the step is the position in the global order
+        train_iter = iter(train_data(resumed))
+        logging.info("the checkpoint's data position was written by another number of processes: continuing at "
+                     "global batch %d of the data order", resumed)
+      logging.info("resumed from step %d in %s", resumed, ckpt.directory)
     else:
       state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.key(config.seed))
       if config.train.init_from:
@@ -135,14 +146,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
     train_step = make_train_step(model, tx_g, tx_d, mesh, state_sharding, use_shard_map=config.train.use_shard_map)
-    sample_fn = jax.jit(lambda s, b, r: _samples(model, s, b, r), out_shardings=repl)
+    sample_fn = jax.jit(lambda s, b: _samples(model, s, b), out_shardings=repl)  # replicated: every host can read
   evaluate = _make_evaluator(config, model, mesh, workdir)  # before training: missing weights fail now
 
   # ---- loop ----
   rng = jax.random.key(config.seed)
   start = int(jax.device_get(state["step"]))
   if is_main:
-    logging.info("generator parameters:\n%s", parameter_overview.get_parameter_overview(state["g"]["params"]))
+    # its statistics fetch the values: not possible for parameters split over hosts (shard_params)
+    readable = all(x.is_fully_replicated or x.is_fully_addressable for x in jax.tree.leaves(state["g"]["params"]))
+    logging.info("generator parameters:\n%s", parameter_overview.get_parameter_overview(
+        state["g"]["params"], include_stats=readable))
     n_g = sum(x.size for x in jax.tree.leaves(g_trainable(state)))
     n_d = sum(x.size for x in jax.tree.leaves(state["d"]["params"]))
     logging.info("G(+E) %s params, D %s params; %d devices; global batch %d; %d steps/epoch; steps %d -> %d",
@@ -174,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress.update(step - 1, global_bs)
 
         last = step == total_steps
-        if step % config.train.log_every == 0 or last or guard.requested:
+        stop = guard.should_stop(step)  # every step, on every host: the hosts agree on the step to stop at
+        if step % config.train.log_every == 0 or last or stop:
           fetched = _check_finite(pending, ckpt)
           dt = time.time() - t_log
           last_metrics = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
@@ -188,15 +203,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write_scalars(step, last_metrics)
           pending, wait_time, t_log = [], 0.0, time.time()
         if step % config.train.sample_every == 0 or last:
-          fake = sample_fn(state, batch, rng)
-          labels = np.asarray(jax.device_get(batch["label"]))[:NUM_SAMPLES]
-          real = np.asarray(jax.device_get(batch["image"]))[:NUM_SAMPLES]
+          # the batch spans all hosts (no host can read it whole): the samples come back replicated
+          labels, fake, real = jax.device_get(sample_fn(state, batch))
           writer.write_images(step, {"samples": writer_lib.sample_grid(
-              colormap.colorize(labels, palette), np.asarray(jax.device_get(fake)), real)})
-        if step % config.train.checkpoint_every == 0 or last or guard.should_stop(step):
+              colormap.colorize(np.asarray(labels), palette), np.asarray(fake), np.asarray(real))})
+        if step % config.train.checkpoint_every == 0 or last or stop:
           _check_finite(pending, ckpt)
           save(step)
-          if guard.requested and not last:
+          if stop and not last:
             logging.warning("preemption signal: saved step %d, exiting", step)
             break
         every = config.eval.every_steps
@@ -209,15 +223,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return last_metrics
 
 
-def _samples(model: Model, state, batch, rng):
-  """Eval-mode synthesis of the first samples of a batch (VAE: the style code of each real image, z = mu)."""
+def _samples(model: Model, state, batch):
+  """Eval-mode synthesis of the first samples of a batch (VAE: the style code of each real image, z = mu); returns
+  (labels, synthesis, real images) of those samples."""
   batch = jax.tree.map(lambda x: x[:NUM_SAMPLES], batch)
   sem = model.semantics(batch)
   g_vars, e_vars = synthesis_variables(state)
   z = None
   if model.E is not None:
     z, _ = model.E.apply(e_vars, batch["image"], train=False)
-  return model.G.apply(g_vars, sem, z, train=False).astype(jnp.float32)
+  return batch["label"], model.G.apply(g_vars, sem, z, train=False).astype(jnp.float32), batch["image"]
 
 
 def _make_evaluator(config, model: Model, mesh, workdir: Path):
@@ -232,14 +247,17 @@ def _make_evaluator(config, model: Model, mesh, workdir: Path):
   from spade_jax.evaluation import runner  # noqa: PLC0415
   n = mesh.devices.size
   bs = -(-int(e.batch_size) // n) * n
-  evaluator = runner.Evaluator(
-      config, model.image_size, inception_weights=e.inception_weights or None, fid=e.fid, segmenter=e.segmenter,
-      segmenter_weights=e.segmenter_weights, num_images=e.num_images, batch_size=bs,
-      demo_segmenter_steps=e.demo_segmenter_steps or None, log=lambda m: logging.info("%s", m))
+  with parallel.main_process_first("evaluator"):  # process 0 trains / downloads and caches, the others load
+    evaluator = runner.Evaluator(
+        config, model.image_size, inception_weights=e.inception_weights or None, fid=e.fid, segmenter=e.segmenter,
+        segmenter_weights=e.segmenter_weights, num_images=e.num_images, batch_size=bs,
+        demo_segmenter_steps=e.demo_segmenter_steps or None, log=lambda m: logging.info("%s", m))
 
   def images(state, batch, first):
-    g_vars, _ = synthesis_variables(state)
+    g_vars, e_vars = synthesis_variables(state)
     z = runner.eval_latents(first, batch["label"].shape[0], model.G.z_dim) if model.E is not None else None
+    if "image" in batch:  # the demo's style scores: z = the encoder's mean of each style image
+      z, _ = model.E.apply(e_vars, batch["image"], train=False)
     return model.G.apply(g_vars, model.semantics(batch), z, train=False).astype(jnp.float32)
 
   synth = jax.jit(images, out_shardings=parallel.replicated(mesh))
@@ -250,10 +268,12 @@ def _make_evaluator(config, model: Model, mesh, workdir: Path):
       return 0.0
     t0 = time.time()
 
-    def synthesize(labels, instances, first):
+    def synthesize(labels, instances, first, style=None):
       local = {"label": labels} if instances is None else {"label": labels, "instance": instances}
-      pid, count = jax.process_index(), jax.process_count()
-      local = {k: v[pid * len(v) // count:(pid + 1) * len(v) // count] for k, v in local.items()}
+      if style is not None:  # uint8 -> [-1, 1] as the data pipeline
+        local["image"] = np.asarray(style, np.float32) / np.float32(255) * np.float32(2) - np.float32(1)
+      rows = parallel.local_rows(mesh, len(labels))  # this process's share of the batch
+      local = {k: v[rows] for k, v in local.items()}
       return tensor2im(jax.device_get(synth(state, parallel.global_batch(local, mesh), first)))
 
     try:

@@ -207,11 +207,10 @@ def train_step(model: Model, tx_g, tx_d, state, batch, vgg_params, rng, axis_nam
                                        mutable=["batch_stats", "spectral"])
     # D on fake in train mode (one spectral-norm power iteration, as the official D([fake; real]) call), then on
     # real with the iterated vectors and no gradient: the same outputs, without back-propagating through the real
-    # half (D's instance norms are per sample). Likewise VGG features of the real image are constants.
-    pred_fake, updates["d"] = model.D.apply(state["d"], jnp.concatenate([sem, fake], -1), train=True,
-                                            mutable=["spectral"])
-    pred_real = jax.lax.stop_gradient(model.D.apply({**state["d"], **updates["d"]},
-                                                    jnp.concatenate([sem, real], -1), train=False))
+    # half (D's instance norms are per sample). Likewise VGG features of the real image are constants. D takes
+    # (semantics, image) apart so that its backward pass skips the label map's channels.
+    pred_fake, updates["d"] = model.D.apply(state["d"], (sem, fake), train=True, mutable=["spectral"])
+    pred_real = jax.lax.stop_gradient(model.D.apply({**state["d"], **updates["d"]}, (sem, real), train=False))
     metrics["G_GAN"] = losses.hinge_g(pred_fake)
     if model.lambda_feat > 0:
       metrics["G_GAN_Feat"] = losses.feature_matching(pred_fake, pred_real, model.lambda_feat)
@@ -242,9 +241,9 @@ def train_step(model: Model, tx_g, tx_d, state, batch, vgg_params, rng, axis_nam
       (mu, logvar), updates["e"] = model.E.apply(state["e"], real, train=True, mutable=["spectral"])
       z = reparameterize(at_least_float32(mu), at_least_float32(logvar), inp["eps"])
     fake, updates["g"] = model.G.apply(state["g"], sem, z, train=True, mutable=["batch_stats", "spectral"])
-    d_in = jax.lax.stop_gradient(
-        jnp.concatenate([jnp.concatenate([sem, fake], -1), jnp.concatenate([sem, real], -1)], 0))
-    d_out, updates["d"] = model.D.apply({**state["d"], "params": d_params}, d_in, train=True, mutable=["spectral"])
+    fake_and_real = jax.lax.stop_gradient((jnp.concatenate([sem, sem], 0), jnp.concatenate([fake, real], 0)))
+    d_out, updates["d"] = model.D.apply({**state["d"], "params": d_params}, fake_and_real, train=True,
+                                        mutable=["spectral"])
     pred_fake, pred_real = _split(d_out, n)
     metrics = {"D_Fake": losses.hinge_d_fake(pred_fake), "D_real": losses.hinge_d_real(pred_real)}
     return sum(metrics.values()), (metrics, updates)

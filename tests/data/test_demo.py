@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -45,14 +46,20 @@ def test_generate_writes_layout_marker_noop_and_loads(tmp_path):
   lab = Image.open(out / 'train' / 'labels' / '00007.png')
   img = Image.open(out / 'train' / 'images' / '00007.png')
   assert lab.mode == 'L' and img.mode == 'RGB' and img.size == (64, 64)
-  ref_lab, ref_img, _ = demo.sample(3, 'train', 7, 64)
+  ref_lab, ref_img, ref_style = demo.sample(3, 'train', 7, 64)
   assert np.array_equal(np.asarray(lab), ref_lab) and np.array_equal(np.asarray(img), ref_img)
+
+  styles = json.loads((out / 'train' / demo.STYLES_FILE).read_text())  # each image's style, for the evaluation
+  assert len(styles) == 200 and styles['00007'] == ref_style and set(styles.values()) == set(demo.STYLES)
+  assert json.loads((out / 'val' / demo.STYLES_FILE).read_text()) == {
+      f'{i:05d}': demo.sample(3, 'val', i, 64)[2] for i in range(4)}
 
   mtime = files[0].stat().st_mtime_ns
   demo.generate(out, num_train=200, num_val=4, size=64, seed=3)    # same arguments: no-op
   assert files[0].stat().st_mtime_ns == mtime
   demo.generate(out, num_train=5, num_val=2, size=32, seed=3)      # different arguments: rewritten
   assert len(list((out / 'train' / 'images').glob('*.png'))) == 5
+  assert len(json.loads((out / 'train' / demo.STYLES_FILE).read_text())) == 5
   assert Image.open(out / 'train' / 'images' / '00000.png').size == (32, 32)
 
   cfg = make_cfg(root=str(out), label_nc=demo.NUM_CLASSES, load_size=32, crop_size=32)

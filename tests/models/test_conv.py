@@ -53,9 +53,12 @@ def test_conv2d_uses_the_rule_on_cpu():
   assert layers.conv_method((1, 256, 256, 128), (3, 3, 128, 128), 1, 1) == "taps"  # 2^23 output values
   assert layers.conv_method((1, 128, 128, 128), (3, 3, 128, 128), 1, 1) == "xla"
   assert layers.conv_method((1, 128, 128, 128), (3, 3, 128, 512), 1, 1) == "taps"
+  assert layers.conv_method((1, 16, 16, 128), (3, 3, 128, 2048), 1, 1) == "taps"  # widening 4x or more
+  assert layers.conv_method((1, 64, 64, 512), (3, 3, 512, 256), 1, 1) == "xla"
   assert layers.conv_method((1, 32, 32, 1024), (1, 1, 1024, 512), 1, 0) == "taps"
   assert layers.conv_method((2, 256, 256, 187), (4, 4, 187, 64), 2, 2) == "xla"
   x = jnp.ones((1, 6, 6, 2))
   grad_jaxpr = lambda w: str(jax.make_jaxpr(jax.grad(lambda w: layers.conv2d(x, w, padding=1).sum()))(w))
   assert grad_jaxpr(jnp.ones((1, 1, 2, 8))).count("dot_general") == 1  # 1x1: one matmul
-  assert grad_jaxpr(jnp.ones((3, 3, 2, 64))).count("dot_general") == 0  # XLA's own weight gradient
+  assert grad_jaxpr(jnp.ones((3, 3, 2, 8))).count("dot_general") == 9  # 4x wider: one matmul per tap
+  assert grad_jaxpr(jnp.ones((3, 3, 2, 6))).count("dot_general") == 0  # XLA's own weight gradient
