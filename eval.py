@@ -15,7 +15,10 @@ segmenter's score on the real images is reported as the ceiling.
 
 Writes DIR/eval/step_<N>/report.json, grid.png and TensorBoard scalars/images (eval/fid, eval/miou, ...), unless
 --out is given. `--inception_weights=random` runs the pipeline with untrained weights (smoke tests only: the FID
-is then meaningless and the report says so); `--nofid` skips FID.
+is then meaningless and the report says so); `--nofid` skips FID. `--config=configs/X.py` replaces the checkpoint's
+config for the evaluation (e.g. another data.root), with `--config.x.y=v` overrides as in train.py. A user error (no
+checkpoint in the workdir, a missing data folder) ends with one `error: ...` line; --verbosity=1 shows its traceback
+and the INFO lines of Orbax / JAX, hidden by default.
 
 Multi-host (the same command on every host, or `python -m spade_jax.launch`): each process synthesises its share of
 every batch, and process 0 writes the report.
@@ -23,13 +26,15 @@ every batch, and process 0 writes the report.
 from __future__ import annotations
 
 import pathlib
-import sys
 
-from absl import app, flags
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a checkpoints folder / one step's folder).")
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the latest).")
-_CONFIG = flags.DEFINE_string("config", None, "Config file whose `data` replaces the checkpoint's (e.g. data.root).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py) that replaces the checkpoint's "
+                                          "config (e.g. another data.root); --config.x.y=v overrides it.",
+                                          lock_config=True)
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "pt_inception-2015-12-05-6726825d.pth (default: the "
                                  "cached / downloaded copy), or 'random' for smoke tests.")
 _FID = flags.DEFINE_bool("fid", True, "Compute FID (needs the Inception weights); --nofid: segmentation only.")
@@ -50,11 +55,11 @@ _FID_CACHE = flags.DEFINE_string("fid_cache", None,
 
 
 def _log(msg):
-  sys.stderr.write(msg + "\n")
-  sys.stderr.flush()
+  logging.info("%s", msg)
 
 
 def _load_config(path):
+  """get_config() of a config file (the `config_path` of `evaluate`; the command line parses --config itself)."""
   import importlib.util  # noqa: PLC0415
   spec = importlib.util.spec_from_file_location("eval_config", path)
   mod = importlib.util.module_from_spec(spec)
@@ -97,7 +102,9 @@ def share_over_processes(run):
 
 def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fid=True, segmenter="auto",
              segmenter_weights=None, num_images=0, batch_size=8, out=None, grid_size=8, fid_cache=None,
-             use_ema=True, demo_segmenter_steps=0) -> dict:
+             use_ema=True, demo_segmenter_steps=0, config=None) -> dict:
+  """Evaluates a checkpoint and writes the report; `config` (a ConfigDict) or `config_path` (a config file) replaces
+  the checkpoint's config."""
   import jax  # noqa: PLC0415
   import spade_jax.inference  # noqa: PLC0415
   from spade_jax import parallel  # noqa: PLC0415
@@ -105,9 +112,8 @@ def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fi
   from spade_jax.training.writer import MetricWriter  # noqa: PLC0415
 
   syn = spade_jax.inference.load(workdir, step, use_ema=use_ema)
-  config = syn.config
-  if config_path:
-    config = _load_config(config_path)
+  if config is None:
+    config = _load_config(config_path) if config_path else syn.config
   h, w = syn.image_size
   out = pathlib.Path(out or pathlib.Path(workdir) / "eval" / f"step_{syn.step}")
   batch_size = -(-batch_size // jax.process_count()) * jax.process_count()  # equal shares per process
@@ -138,13 +144,16 @@ def main(argv):
   del argv
   if _DRN.value and _SEG_WEIGHTS.value and _DRN.value != _SEG_WEIGHTS.value:
     raise app.UsageError("give --segmenter_weights or --drn_weights, not both")
-  from spade_jax import parallel  # noqa: PLC0415 (before any JAX computation)
-  parallel.maybe_initialize_distributed()  # one of several processes: each synthesises its share
-  with parallel.fail_fast():
-    evaluate(_WORKDIR.value, step=_CHECKPOINT.value, config_path=_CONFIG.value, inception_weights=_INCEPTION.value,
-             fid=_FID.value, segmenter=_SEGMENTER.value, segmenter_weights=_SEG_WEIGHTS.value or _DRN.value,
-             num_images=_NUM.value, batch_size=_BATCH.value, out=_OUT.value, grid_size=_GRID.value,
-             fid_cache=_FID_CACHE.value, use_ema=_EMA.value, demo_segmenter_steps=_DEMO_STEPS.value)
+  from spade_jax import cli  # noqa: PLC0415 (no JAX)
+  cli.quiet_libraries()
+  with cli.user_errors():
+    from spade_jax import parallel  # noqa: PLC0415 (before any JAX computation)
+    parallel.maybe_initialize_distributed()  # one of several processes: each synthesises its share
+    with parallel.fail_fast():
+      evaluate(_WORKDIR.value, step=_CHECKPOINT.value, config=_CONFIG.value, inception_weights=_INCEPTION.value,
+               fid=_FID.value, segmenter=_SEGMENTER.value, segmenter_weights=_SEG_WEIGHTS.value or _DRN.value,
+               num_images=_NUM.value, batch_size=_BATCH.value, out=_OUT.value, grid_size=_GRID.value,
+               fid_cache=_FID_CACHE.value, use_ema=_EMA.value, demo_segmenter_steps=_DEMO_STEPS.value)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Train SPADE: python train.py --config=configs/cityscapes.py --workdir=DIR [--config.x.y=v ...]
 
 Resumes from DIR's latest checkpoint by itself. Multi-host: launch one process per host (see README).
+A user error (a missing data folder, a bad config value) ends with one `error: ...` line; --verbosity=1 shows its
+traceback and the INFO lines of Orbax / JAX / Grain, hidden by default.
 """
-import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -12,26 +13,21 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 
 
-class _QuietLibraries:
-  """Orbax logs every checkpoint step at INFO through absl; keep its warnings, drop its chatter."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  pylogging.getLogger("absl").addFilter(_QuietLibraries())  # orbax logs through absl's logger
+  from spade_jax import cli  # noqa: PLC0415 (no JAX)
+  cli.quiet_libraries()
   from spade_jax import launch  # noqa: PLC0415 (no JAX)
   if launch.should_supervise():  # one of several processes: train in a child, report how it ended (see launch)
     sys.exit(launch.supervise(_WORKDIR.value))
-  from spade_jax import parallel  # noqa: PLC0415 (after flag parsing; before any JAX computation)
-  parallel.maybe_initialize_distributed()
-  from spade_jax.training.loop import train_and_evaluate  # noqa: PLC0415
-  logging.info("config:\n%s", _CONFIG.value)
-  with parallel.fail_fast():
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with cli.user_errors():
+    from spade_jax import parallel  # noqa: PLC0415 (after flag parsing; before any JAX computation)
+    parallel.maybe_initialize_distributed()
+    from spade_jax.training.loop import train_and_evaluate  # noqa: PLC0415
+    logging.info("config:\n%s", _CONFIG.value)
+    with parallel.fail_fast():
+      train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,10 @@
 
 python train.py --config=configs/ade20k.py --workdir=runs/ade20k --config.data.root=/data/ADEChallengeData2016
 """
-from configs import default
+from spade_jax import config
 
 
 def get_config():
-  c = default.get_config()
-  c.data.dataset = "ade20k"
-  c.data.label_nc = 150
-  c.data.contain_dontcare_label = True
-  c.data.no_instance = True
-  c.train.niter = 100       # paper: 200 epochs, linear decay over the last 100
-  c.train.niter_decay = 100
+  c = config.preset("ade20k")  # data set facts and paper epochs: spade_jax/config.py (DATASETS)
+  # Edit your run here, e.g. c.data.root = "/data/ADEChallengeData2016"
   return c

@@ -2,15 +2,10 @@
 
 python train.py --config=configs/coco_stuff.py --workdir=runs/coco --config.data.root=/data/cocostuff
 """
-from configs import default
+from spade_jax import config
 
 
 def get_config():
-  c = default.get_config()
-  c.data.dataset = "coco_stuff"
-  c.data.label_nc = 182
-  c.data.contain_dontcare_label = True
-  c.data.no_instance = False
-  c.train.niter = 100       # paper: 100 epochs (recalled; see docs/spade_reference.md §8)
-  c.train.niter_decay = 0
+  c = config.preset("coco_stuff")  # data set facts and paper epochs: spade_jax/config.py (DATASETS)
+  # Edit your run here, e.g. c.data.root = "/data/cocostuff"
   return c

@@ -5,11 +5,10 @@ python train.py --config=configs/custom.py --workdir=runs/mine \
 Add --config.data.instance_dir=... --config.data.no_instance=False for instance edges, and
 --config.data.contain_dontcare_label=True if 255 marks unlabeled pixels.
 """
-from configs import default
+from spade_jax import config
 
 
 def get_config():
-  c = default.get_config()
-  c.data.dataset = "custom"
-  c.data.no_instance = True  # unlike the official default, which crashes without an instance dir (issue #163)
+  c = config.preset("custom")  # no_instance=True: unlike the official default, which crashes without an instance dir
+  # Edit your data set here, e.g. c.data.image_dir, c.data.label_dir, c.data.label_nc
   return c

@@ -51,11 +51,11 @@ def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = Tr
   Runs trained with `train.ema_decay > 0` keep an exponential moving average of the generator (and encoder)
   weights; it is used unless `use_ema=False` (`Synthesizer.weights` says which).
   """
-  import ml_collections  # noqa: PLC0415
+  from spade_jax.config import from_dict  # noqa: PLC0415
   from spade_jax.training.checkpoint import read_config_dir, restore_subtrees  # noqa: PLC0415
   from spade_jax.training.step import synthesis_variables  # noqa: PLC0415
   ckdir, step = resolve_checkpoint(checkpoint, step)
-  config = ml_collections.ConfigDict(read_config_dir(ckdir, step))
+  config = from_dict(read_config_dir(ckdir, step))  # an older run's config: completed from the schema
   if step is None:
     step = max(int(c.name) for c in ckdir.iterdir() if c.name.isdigit() and (c / "state").is_dir())
   trees = restore_subtrees(ckdir, ("g", "e") + (("ema",) if use_ema else ()), step, device=device)

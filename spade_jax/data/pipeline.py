@@ -111,8 +111,8 @@ def make_dataset(data_cfg, *, split: str, batch_size: int, seed: int, train: boo
     if num_epochs not in (None, 1):
       ds = ds.repeat(num_epochs)
     ds = ds.random_map(LoadSample(opts), seed=_derived_seed(seed, process_index, 1))
-  prefetch = max(1, int(data_cfg.get('prefetch', 2) or 1))
-  workers = int(data_cfg.get('workers', 0) or 0)
+  prefetch = max(1, int(data_cfg.prefetch or 1))
+  workers = int(data_cfg.workers or 0)
   # to_iter_dataset drops the None results of skipped samples, before batching, so batches stay full.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=prefetch * batch_size))
   it_ds = it_ds.batch(batch_size, drop_remainder=train)

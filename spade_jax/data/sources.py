@@ -169,7 +169,7 @@ def custom_dirs(data_cfg, split: str) -> tuple[str, str, str]:
   ``'{split}'`` in a path is replaced by the split name; relative paths are taken under ``root`` when it is
   set; with empty image/label dirs the demo layout ``{root}/{split}/{images,labels}`` is used.
   """
-  root = data_cfg.get('root', '') or ''
+  root = data_cfg.root or ''
 
   def resolve(p: str, default: str) -> str:
     p = p or (default if root else '')
@@ -178,9 +178,9 @@ def custom_dirs(data_cfg, split: str) -> tuple[str, str, str]:
     p = p.replace('{split}', split)
     return p if os.path.isabs(p) or not root else os.path.join(root, p)
 
-  return (resolve(data_cfg.get('image_dir', ''), '{split}/images'),
-          resolve(data_cfg.get('label_dir', ''), '{split}/labels'),
-          resolve(data_cfg.get('instance_dir', ''), ''))
+  return (resolve(data_cfg.image_dir, '{split}/images'),
+          resolve(data_cfg.label_dir, '{split}/labels'),
+          resolve(data_cfg.instance_dir, ''))
 
 
 def custom_source(image_dir: str, label_dir: str, instance_dir: str = '', *, no_instance: bool,
@@ -279,12 +279,11 @@ def build_source(data_cfg, split: str):
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   ds = data_cfg.dataset
-  kw = dict(max_dataset_size=int(data_cfg.get('max_dataset_size', 0) or 0),
-            on_bad_sample=data_cfg.get('on_bad_sample', 'error'))
+  kw = dict(max_dataset_size=int(data_cfg.max_dataset_size or 0), on_bad_sample=data_cfg.on_bad_sample)
   no_instance = bool(data_cfg.no_instance)
   if ds in ('coco_stuff', 'coco'):
     return coco_stuff_source(data_cfg.root, split, no_instance=no_instance,
-                             portraits=not data_cfg.get('coco_no_portraits', False), **kw)
+                             portraits=not data_cfg.coco_no_portraits, **kw)
   if ds == 'ade20k':
     if not no_instance:
       raise DataError('ADE20K has no instance maps. Fix: set config.data.no_instance=True.')
@@ -295,6 +294,6 @@ def build_source(data_cfg, split: str):
     image_dir, label_dir, instance_dir = custom_dirs(data_cfg, split)
     return custom_source(image_dir, label_dir, instance_dir, no_instance=no_instance, name=f'custom/{split}', **kw)
   if ds == 'tfds':
-    return tfds_source(data_cfg.tfds_name, split, data_cfg.get('tfds_data_dir', ''), no_instance=no_instance,
+    return tfds_source(data_cfg.tfds_name, split, data_cfg.tfds_data_dir, no_instance=no_instance,
                        max_dataset_size=kw['max_dataset_size'])
   raise ValueError(f"unknown config.data.dataset {ds!r}; use coco_stuff | ade20k | cityscapes | custom | tfds")

@@ -38,7 +38,7 @@ class TransformOptions:
                crop_size=int(data_cfg.crop_size), aspect_ratio=float(data_cfg.aspect_ratio),
                flip=bool(train and not data_cfg.no_flip), label_nc=int(data_cfg.label_nc),
                contain_dontcare_label=bool(data_cfg.contain_dontcare_label),
-               no_instance=bool(data_cfg.no_instance), on_bad_sample=data_cfg.get('on_bad_sample', 'error'))
+               no_instance=bool(data_cfg.no_instance), on_bad_sample=data_cfg.on_bad_sample)
 
   @property
   def num_label_slots(self) -> int:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 import tempfile
 import time
@@ -50,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from spade_jax.data import demo as demo_data
 from spade_jax.evaluation.metrics import ConfusionMatrix
@@ -57,8 +57,6 @@ from spade_jax.evaluation.metrics import ConfusionMatrix
 __all__ = ["SegNet", "DemoSegmenter", "train_demo_segmenter", "load_or_train", "real_ceiling", "load_split",
            "check_demo_data", "data_fingerprint", "default_cache_path", "PROTOCOL", "ARCH_VERSION",
            "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "NUM_CLASSES", "CLASS_NAMES"]
-
-logger = logging.getLogger(__name__)
 
 NUM_CLASSES = demo_data.NUM_CLASSES
 CLASS_NAMES = tuple(demo_data.CLASS_NAMES)
@@ -149,7 +147,7 @@ def param_count(variables) -> int:
 
 
 def _root(data_cfg) -> str:
-  return str(data_cfg.get("root", "") or "")
+  return str(data_cfg.root or "")
 
 
 def check_demo_data(data_cfg, splits=("train",)) -> None:
@@ -158,10 +156,10 @@ def check_demo_data(data_cfg, splits=("train",)) -> None:
   root = _root(data_cfg)
   expected = (f"a demo-style data set (spade_jax.data.demo: dataset='custom', label_nc={NUM_CLASSES} classes "
               f"{', '.join(CLASS_NAMES)}, folders {{root}}/{{train,val}}/{{images,labels}})")
-  if str(data_cfg.get("dataset", "custom")) != "custom":
+  if str(data_cfg.dataset) != "custom":
     raise ValueError(f"demo segmenter: data set {data_cfg.dataset!r} at root {root!r} is not {expected}.")
-  if int(data_cfg.get("label_nc", -1)) != NUM_CLASSES:
-    raise ValueError(f"demo segmenter: data set at root {root!r} has label_nc={data_cfg.get('label_nc')}, but "
+  if int(data_cfg.label_nc) != NUM_CLASSES:
+    raise ValueError(f"demo segmenter: data set at root {root!r} has label_nc={data_cfg.label_nc}, but "
                      f"{expected} is needed.")
   for split in splits:
     image_dir, label_dir, _ = custom_dirs(data_cfg, split)
@@ -226,9 +224,9 @@ def data_fingerprint(data_cfg, *, steps: int, batch_size: int, seed: int) -> dic
       "root": str(Path(root).absolute()) if root else "",
       "image_dir": str(Path(image_dir).absolute()), "label_dir": str(Path(label_dir).absolute()),
       "label_nc": int(data_cfg.label_nc),
-      "preprocess": str(data_cfg.get("preprocess", "")), "load_size": int(data_cfg.get("load_size", 0)),
-      "crop_size": int(data_cfg.get("crop_size", 0)), "aspect_ratio": float(data_cfg.get("aspect_ratio", 1.0)),
-      "max_dataset_size": int(data_cfg.get("max_dataset_size", 0) or 0),
+      "preprocess": str(data_cfg.preprocess), "load_size": int(data_cfg.load_size),
+      "crop_size": int(data_cfg.crop_size), "aspect_ratio": float(data_cfg.aspect_ratio),
+      "max_dataset_size": int(data_cfg.max_dataset_size or 0),
       "num_train_images": counts[0], "num_train_labels": counts[1],
       "files_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest(),
       "generator": generator,
@@ -391,11 +389,12 @@ def _variables_template(model: SegNet):
 
 
 def _default_log(msg: str) -> None:
-  logger.info(msg)
+  """Progress through absl, as train.py / eval.py log: visible at their default verbosity."""
+  logging.info("%s", msg)
 
 
 def _warn(log, msg: str) -> None:
-  logger.warning(msg)
+  logging.warning("%s", msg)
   if log is not _default_log:
     log("WARNING: " + msg)
 
@@ -408,7 +407,7 @@ def train_demo_segmenter(data_cfg, *, steps: int = DEFAULT_STEPS, batch_size: in
 
   The whole training split is held in memory; each step draws `batch_size` random images (with replacement
   across steps, without within a step) and flips each with probability 1/2 inside the jitted step, so the run
-  is deterministic given `seed`. `log` (default: the module logger) gets progress lines (step, loss, elapsed,
+  is deterministic given `seed`. `log` (default: absl logging at INFO) gets progress lines (step, loss, elapsed,
   ETA) about every `log_every_secs` seconds. `data` overrides the loaded (images, labels) (tests).
   """
   log = log or _default_log

@@ -20,9 +20,9 @@ LABEL_CONVS = ("dense", "gather")
 
 
 def compute_dtype(model_cfg):
-  """config.model.dtype -> the modules' `dtype` (None for float32). Checkpoints written before the option existed
-  have no such key: float32."""
-  name = str(model_cfg.get("dtype", "float32"))
+  """config.model.dtype -> the modules' `dtype` (None for float32; spade_jax.config.from_dict gives checkpoints
+  written before the option existed float32)."""
+  name = str(model_cfg.dtype)
   if name not in DTYPES:
     raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
   return DTYPES[name]
@@ -30,7 +30,7 @@ def compute_dtype(model_cfg):
 
 def spade_label_channels(config) -> int:
   """K > 0 (the one-hot channels) when SPADE's label convs gather kernel rows (model.spade_label_conv='gather')."""
-  kind = str(config.model.get("spade_label_conv", "dense"))
+  kind = str(config.model.spade_label_conv)
   if kind not in LABEL_CONVS:
     raise ValueError(f"config.model.spade_label_conv must be one of {LABEL_CONVS}, got {kind!r}")
   return config.data.label_nc + int(config.data.contain_dontcare_label) if kind == "gather" else 0
@@ -42,13 +42,13 @@ def build_generator(config, axis_name: str | None = None) -> SPADEGenerator:
       ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=config.data.crop_size,
       aspect_ratio=config.data.aspect_ratio, use_vae=m.use_vae, spectral=m.spectral_G,
       param_free_norm=m.param_free_norm, spade_kernel=m.spade_kernel, axis_name=axis_name,
-      dtype=compute_dtype(m), remat=bool(m.get("remat_G", False)), label_channels=spade_label_channels(config))
+      dtype=compute_dtype(m), remat=bool(m.remat_G), label_channels=spade_label_channels(config))
 
 
 def build_discriminator(config) -> MultiscaleDiscriminator:
   m = config.model
   return MultiscaleDiscriminator(num_D=m.num_D, ndf=m.ndf, n_layers=m.n_layers_D, spectral=m.spectral_D,
-                                 dtype=compute_dtype(m), remat=bool(m.get("remat_D", False)))
+                                 dtype=compute_dtype(m), remat=bool(m.remat_D))
 
 
 def build_encoder(config) -> ConvEncoder:

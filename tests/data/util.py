@@ -8,12 +8,15 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from spade_jax import config as spade_config
+
 COCO_SAMPLE = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'coco_stuff_sample'
 
 
 def make_cfg(**overrides) -> ml_collections.ConfigDict:
-  """A config.data with every contract field (defaults: tiny custom data set, in-process loading)."""
-  cfg = dict(dataset='custom', root='', image_dir='', label_dir='', instance_dir='', tfds_name='',
+  """A config.data with every schema field (spade_jax.config), set for a tiny custom data set, in-process loading."""
+  cfg = spade_config.defaults().data.to_dict()
+  cfg.update(dataset='custom', root='', image_dir='', label_dir='', instance_dir='', tfds_name='',
              tfds_data_dir='', label_nc=7, contain_dontcare_label=False, no_instance=True,
              preprocess='resize_and_crop', load_size=36, crop_size=32, aspect_ratio=1.0, no_flip=False,
              on_bad_sample='error', workers=0, prefetch=2, max_dataset_size=0)
