@@ -133,7 +133,7 @@ def for_data(data_cfg) -> tuple[list[str], np.ndarray]:
   """(class names, uint8 [n, 3] palette) for a config's `data`: the data set's tables, or for the generated demo
   landscapes (`data.demo_generate`, a 'custom' data set) their class names and colours."""
   n = data_cfg.label_nc + int(data_cfg.contain_dontcare_label)
-  if data_cfg.get("demo_generate", False):
+  if data_cfg.demo_generate:
     from spade_jax.data import demo  # noqa: PLC0415
     if n == demo.NUM_CLASSES:
       return list(demo.CLASS_NAMES), np.asarray(demo.COLORS, np.uint8)

@@ -1,8 +1,8 @@
 """PyTorch reference networks for the SPADE/GauGAN parity tests (test-only; torch is never a runtime dependency).
 
-Written from the behavioural description in ``shared/docs/spade_reference.md`` (not from the official source).
+Written from a behavioural description of the official model (not from the official source).
 Module and attribute names are chosen so that ``state_dict()`` keys, their order and their shapes equal those of the
-official NVlabs/SPADE checkpoints (see ``shared/docs/spade_state_dict_keys.txt``).
+official NVlabs/SPADE checkpoints (see ``docs/official_state_dict_keys.txt``).
 
 Notes on stand-ins:
 - ``param_free_norm='syncbatch'`` uses a plain ``nn.BatchNorm2d(affine=False)``: on a single process SyncBN
