@@ -67,8 +67,7 @@ def main(argv=None):
   if args.crop:
     config.data.crop_size = config.data.load_size = args.crop
   mesh = parallel.make_mesh(1)
-  setup = create_train_state(config, mesh)
-  state = setup.state
+  state, setup = create_train_state(config, mesh)
   label, image = random_inputs(config, args.batch)
   with jax.set_mesh(mesh):
     vgg = VGG19().init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))["params"] if setup.spec.vgg else None

@@ -131,7 +131,8 @@ def main(argv=None):
 
     if "train" in args.what:
       # the model-FLOPs reference needs only the step's shapes, not a state
-      setup, dense_setup = create_train_state(config, mesh), create_train_state(dense, mesh, fresh=False)
+      state, setup = create_train_state(config, mesh)
+      _, dense_setup = create_train_state(dense, mesh, fresh=False)
       h, w = setup.spec.nets.image_size
       local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
                "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(
@@ -149,7 +150,6 @@ def main(argv=None):
 
         flops = dense_setup.step.lower(dense_setup.abstract, batch, vgg, jax.random.key(2)).cost_analysis().get(
             "flops", float("nan"))
-        state = setup.state
         t = time.perf_counter()
         compiled = setup.step.lower(state, batch, vgg, jax.random.key(2)).compile()
         compile_s = time.perf_counter() - t

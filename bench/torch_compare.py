@@ -163,14 +163,14 @@ def main(argv=None):
   t_torch = torch_iteration_seconds(config, args.batch, args.steps, args.threads)
 
   mesh = parallel.make_mesh(1)
-  setup = create_train_state(config, mesh)
+  state, setup = create_train_state(config, mesh)
   h, w = setup.spec.nets.image_size
   rng = np.random.default_rng(0)
   nc = config.data.label_nc + int(config.data.contain_dontcare_label)
   local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
            "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(np.int32)}
   with jax.set_mesh(mesh):
-    state, step = setup.state, setup.step
+    step = setup.step
     vgg = None
     if setup.spec.vgg is not None:
       vgg = VGG19().init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))["params"]

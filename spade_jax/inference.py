@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Any, Sequence
 
 import jax
 import numpy as np

@@ -124,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with jax.set_mesh(mesh):
     ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
     resumed = ckpt.latest_step()
-    setup = create_train_state(config, mesh, steps_per_epoch=spe, fresh=resumed is None)
+    state, setup = create_train_state(config, mesh, steps_per_epoch=spe, fresh=resumed is None)
     nets, train_step = setup.spec.nets, setup.step
     if resumed is not None:
       _check_resumable(ckpt, setup.abstract)
@@ -135,12 +135,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("the checkpoint's data position was written by another number of processes: continuing at "
                      "global batch %d of the data order", resumed)
       logging.info("resumed from step %d in %s", resumed, ckpt.directory)
-    else:
-      state = setup.state
-      if config.train.init_from:
-        state = _init_from(state, config.train.init_from)
-        if "ema" in state:  # the average starts from the loaded weights
-          state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
+    elif config.train.init_from:
+      state = _init_from(state, config.train.init_from)
+      if "ema" in state:  # the average starts from the loaded weights
+        state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
     vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
     sample_fn = jax.jit(lambda s, b: _samples(nets, s, b), out_shardings=repl)  # replicated: every host can read

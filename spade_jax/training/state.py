@@ -17,9 +17,8 @@ __all__ = ["TrainSetup", "create_train_state"]
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
-  """What a run keeps around its state. `state` is the fresh state (None when it was not built: the caller restores
-  one onto `target()` or puts one onto `sharding`); `step(state, batch, vgg_params, rng) -> (state, metrics)` is
-  jitted over the mesh with the state donated."""
+  """What a run keeps around its state (not the state itself, which the step donates):
+  `step(state, batch, vgg_params, rng) -> (state, metrics)` is jitted over the mesh with the state donated."""
   spec: StepSpec
   tx_g: Any
   tx_d: Any
@@ -27,7 +26,6 @@ class TrainSetup:
   abstract: Any       # the state's shapes and dtypes (jax.ShapeDtypeStruct leaves)
   sharding: Any       # where each leaf of the state lives on the mesh
   step: Callable
-  state: dict | None
 
   def target(self):
     """The abstract state with its shardings: what a checkpoint restores onto."""
@@ -37,11 +35,12 @@ class TrainSetup:
 
 def create_train_state(config, mesh, *, steps_per_epoch: int = 1000, optimizers=None, rng=None, fresh: bool = True,
                        use_shard_map: bool | None = None, shard_params: bool | None = None,
-                       min_size: int | None = None) -> TrainSetup:
-  """The train state of `config` on `mesh` and its step.
+                       min_size: int | None = None) -> tuple[dict | None, TrainSetup]:
+  """(the initial train state of `config` on `mesh`, its setup and step).
 
   optimizers: (tx_g, tx_d); default the config's Adam schedules over `steps_per_epoch`. rng: the initialisation key
-  (default key(config.seed)). fresh: build the initial state (False: shapes and shardings only, e.g. to resume).
+  (default key(config.seed)). fresh: build the initial state (False: None, the caller restores one onto `setup.target()` or
+  puts one onto `setup.sharding`).
   use_shard_map, shard_params: default config.train.use_shard_map and config.parallel.shard_params; min_size: the
   smallest array split by shard_params (default parallel.state_shardings').
   """
@@ -57,5 +56,5 @@ def create_train_state(config, mesh, *, steps_per_epoch: int = 1000, optimizers=
     sharding = parallel.state_shardings(abstract, mesh, shard_params, **size)
     state = jax.jit(init, out_shardings=sharding)(rng) if fresh else None
   step = make_train_step(spec, tx_g, tx_d, mesh, sharding, use_shard_map=use_shard_map)
-  return TrainSetup(spec=spec, tx_g=tx_g, tx_d=tx_d, mesh=mesh, abstract=abstract, sharding=sharding, step=step,
-                    state=state)
+  return state, TrainSetup(spec=spec, tx_g=tx_g, tx_d=tx_d, mesh=mesh, abstract=abstract, sharding=sharding,
+                           step=step)

@@ -12,9 +12,9 @@ from tests.training.tiny import random_batch, tiny_config
 
 def _run(config, ndev, use_shard_map, txs, steps=1, shard_params=False):
   mesh = parallel.make_mesh(ndev)
-  setup = create_train_state(config, mesh, optimizers=txs, use_shard_map=use_shard_map, shard_params=shard_params,
-                             min_size=512)
-  state, step = setup.state, setup.step
+  state, setup = create_train_state(config, mesh, optimizers=txs, use_shard_map=use_shard_map,
+                                    shard_params=shard_params, min_size=512)
+  step = setup.step
   with jax.set_mesh(mesh):
     metrics = []
     for i in range(steps):
@@ -51,7 +51,7 @@ def test_sharded_params_really_are_sharded():
   config = tiny_config(use_vae=True)
   mesh = parallel.make_mesh(8)
   sgd = optax.sgd(1e-2)
-  setup = create_train_state(config, mesh, optimizers=(sgd, sgd), fresh=False, shard_params=True, min_size=512)
+  _, setup = create_train_state(config, mesh, optimizers=(sgd, sgd), fresh=False, shard_params=True, min_size=512)
   specs = [s.spec for s in jax.tree.leaves(setup.sharding)]
   assert any(parallel.DATA in tuple(s) for s in specs) and any(tuple(s) == () for s in specs)
 

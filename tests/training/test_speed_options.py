@@ -32,10 +32,11 @@ def _run(config, ndev=2, steps=2, state0=None):
   (the options under test do not change the state's structure; sharing it saves compiling `init` again)."""
   mesh = parallel.make_mesh(ndev)
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)
-  setup = create_train_state(config, mesh, optimizers=(sgd, sgd), fresh=state0 is None)
+  state, setup = create_train_state(config, mesh, optimizers=(sgd, sgd), fresh=state0 is None)
   step = setup.step
   with jax.set_mesh(mesh):
-    state = setup.state if state0 is None else jax.device_put(state0, setup.sharding)
+    if state0 is not None:
+      state = jax.device_put(state0, setup.sharding)
     history = [jax.device_get(state)]
     metrics = []
     for i in range(steps):
