@@ -39,10 +39,10 @@ def create_train_state(config, mesh, *, steps_per_epoch: int = 1000, optimizers=
   """(the initial train state of `config` on `mesh`, its setup and step).
 
   optimizers: (tx_g, tx_d); default the config's Adam schedules over `steps_per_epoch`. rng: the initialisation key
-  (default key(config.seed)). fresh: build the initial state (False: None, the caller restores one onto `setup.target()` or
-  puts one onto `setup.sharding`).
-  use_shard_map, shard_params: default config.train.use_shard_map and config.parallel.shard_params; min_size: the
-  smallest array split by shard_params (default parallel.state_shardings').
+  (default key(config.seed)). fresh: build the initial state (False: None; the caller restores one onto
+  `setup.target()` or puts one onto `setup.sharding`). use_shard_map, shard_params: default
+  config.train.use_shard_map and config.parallel.shard_params; min_size: the smallest array split by shard_params
+  (default: parallel.state_shardings').
   """
   use_shard_map = config.train.use_shard_map if use_shard_map is None else use_shard_map
   shard_params = config.parallel.shard_params if shard_params is None else shard_params
