@@ -46,28 +46,28 @@ def jax_times(config, batch, repeats=2) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
 
   from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.training.step import Model  # noqa: PLC0415
-  model = Model.from_config(config)
+  from spade_jax.networks import Networks  # noqa: PLC0415
+  nets = Networks.from_config(config)
   label, image = random_inputs(config, batch)
-  sem = model.semantics({"label": jnp.asarray(label)})
+  sem = nets.semantics({"label": jnp.asarray(label)})
   real = jnp.asarray(image)
-  z = jnp.zeros((batch, model.G.z_dim)) if model.E is not None else None
-  g_vars = jax.jit(model.G.init)(jax.random.key(0), sem[:1], None if z is None else z[:1])
-  d_in = jnp.concatenate([jnp.concatenate([sem, real], -1)] * 2, 0)
-  d_vars = jax.jit(model.D.init)(jax.random.key(1), d_in[:1])
-  vgg = VGG19(dtype=model.dtype)
+  z = jnp.zeros((batch, nets.G.z_dim)) if nets.E is not None else None
+  g_vars = jax.jit(nets.G.init)(jax.random.key(0), sem[:1], None if z is None else z[:1])
+  pairs = jnp.concatenate([jnp.concatenate([sem, real], -1)] * 2, 0)  # D's input: [labels | image] for 2 x batch
+  d_vars = jax.jit(nets.D.init)(jax.random.key(1), pairs[:1])
+  vgg = VGG19(dtype=nets.dtype)
   vgg_params = jax.jit(vgg.init)(jax.random.key(2), real[:1])["params"]
   mutable = ["batch_stats", "spectral"]
 
   # inputs are arguments, never closed-over constants (XLA would spend seconds constant-folding them)
-  g_fwd = jax.jit(lambda v, sem, z: model.G.apply(v, sem, z, train=True, mutable=mutable)[0])
+  g_fwd = jax.jit(lambda v, sem, z: nets.G.apply(v, sem, z, train=True, mutable=mutable)[0])
 
   def g_loss(params, v, sem, z, real):
-    return jnp.mean(model.G.apply({**v, "params": params}, sem, z, train=True, mutable=mutable)[0] * real)
+    return jnp.mean(nets.G.apply({**v, "params": params}, sem, z, train=True, mutable=mutable)[0] * real)
   g_grad = jax.jit(lambda v, sem, z, real: jax.grad(g_loss)(v["params"], v, sem, z, real))
 
   def d_loss(params, x, v):
-    outs = model.D.apply({**v, "params": params}, x, train=True, mutable=["spectral"])[0]
+    outs = nets.D.apply({**v, "params": params}, x, train=True, mutable=["spectral"])[0]
     return sum(jnp.mean(f) for scale in outs for f in scale)
   d_grad = jax.jit(lambda v, x: jax.grad(d_loss, argnums=(0, 1))(v["params"], x, v))
 
@@ -75,7 +75,7 @@ def jax_times(config, batch, repeats=2) -> dict:
   vgg_grad = jax.jit(lambda p, x: jax.grad(lambda x: sum(jnp.mean(f) for f in vgg.apply({"params": p}, x)))(x))
   return {"G fwd": _best(lambda: g_fwd(g_vars, sem, z), repeats),
           "G fwd+bwd": _best(lambda: g_grad(g_vars, sem, z, real), repeats),
-          "D fwd+bwd": _best(lambda: d_grad(d_vars, d_in), repeats),
+          "D fwd+bwd": _best(lambda: d_grad(d_vars, pairs), repeats),
           "VGG fwd+bwd": _best(lambda: vgg_grad(vgg_params, two), repeats)}
 
 
@@ -117,11 +117,11 @@ def torch_times(config, batch, repeats=2, threads=None) -> dict:
     G.zero_grad()
     (G(sem) * real).mean().backward()
 
-  d_in = torch.cat([torch.cat([sem, real], 1)] * 2, 0)
+  pairs = torch.cat([torch.cat([sem, real], 1)] * 2, 0)  # D's input: [labels | image] for 2 x batch
 
   def d_grad():
     D.zero_grad()
-    x = d_in.clone().requires_grad_(True)
+    x = pairs.clone().requires_grad_(True)
     sum(f.mean() for scale in D(x) for f in scale).backward()
 
   two = torch.cat([real, real.flip(0)], 0)

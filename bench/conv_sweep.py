@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import importlib
 import pathlib
 import sys
@@ -29,7 +30,7 @@ def conv_shapes(config, batch):
 
   from spade_jax.models import layers  # noqa: PLC0415
   from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
-  from spade_jax.training.step import Model, init_state, train_step  # noqa: PLC0415
+  from spade_jax.training.step import StepSpec, init_state, train_step  # noqa: PLC0415
   seen = collections.Counter()
   original = layers.conv2d
 
@@ -37,10 +38,10 @@ def conv_shapes(config, batch):
     seen[(tuple(x.shape), tuple(kernel.shape), stride, padding)] += 1
     return original(x, kernel, bias, stride, padding)
 
-  model, tx = Model.from_config(config), make_optimizers(config, 1000)
-  model = model.__class__(**{**model.__dict__, "vgg": None})
-  h, w = model.image_size
-  state = jax.eval_shape(lambda r: init_state(model, *tx, r), jax.random.key(0))
+  spec, tx = StepSpec.from_config(config), make_optimizers(config, 1000)
+  spec = dataclasses.replace(spec, vgg=None)
+  h, w = spec.nets.image_size
+  state = jax.eval_shape(lambda r: init_state(spec, *tx, r), jax.random.key(0))
   b = {"image": jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32),
        "label": jax.ShapeDtypeStruct((batch, h, w), jnp.int32)}
   if not config.data.no_instance:
@@ -49,7 +50,7 @@ def conv_shapes(config, batch):
   for m in modules:
     m.conv2d = spy
   try:
-    jax.eval_shape(lambda s, b: train_step(model, *tx, s, b, None, jax.random.key(0)), state, b)
+    jax.eval_shape(lambda s, b: train_step(spec, *tx, s, b, None, jax.random.key(0)), state, b)
   finally:
     for m in modules:
       m.conv2d = original

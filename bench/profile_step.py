@@ -58,8 +58,7 @@ def main(argv=None):
   from components import random_inputs  # noqa: PLC0415
   from spade_jax import parallel  # noqa: PLC0415
   from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
-  from spade_jax.training.step import Model, init_state, make_train_step  # noqa: PLC0415
+  from spade_jax.training.state import create_train_state  # noqa: PLC0415
 
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   config.data.no_instance = True
@@ -67,16 +66,13 @@ def main(argv=None):
   config.model.spade_label_conv = args.label_conv
   if args.crop:
     config.data.crop_size = config.data.load_size = args.crop
-  model, tx = Model.from_config(config), make_optimizers(config, 1000)
   mesh = parallel.make_mesh(1)
+  state, setup = create_train_state(config, mesh)
   label, image = random_inputs(config, args.batch)
   with jax.set_mesh(mesh):
-    init = lambda r: init_state(model, *tx, r)
-    sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-    state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
-    vgg = VGG19().init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))["params"] if model.vgg else None
+    vgg = VGG19().init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))["params"] if setup.spec.vgg else None
     batch = parallel.global_batch({"label": label, "image": image}, mesh)
-    compiled = make_train_step(model, *tx, mesh, sharding).lower(state, batch, vgg, jax.random.key(2)).compile()
+    compiled = setup.step.lower(state, batch, vgg, jax.random.key(2)).compile()
     state, metrics = compiled(state, batch, vgg, jax.random.key(2))
     jax.block_until_ready(metrics)
     trace_dir = tempfile.mkdtemp(prefix="spade_jax_profile_")

@@ -93,8 +93,8 @@ def main(argv=None):
 
   from spade_jax import parallel  # noqa: PLC0415
   from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
-  from spade_jax.training.step import Model, init_state, make_train_step  # noqa: PLC0415
+  from spade_jax.networks import Networks  # noqa: PLC0415
+  from spade_jax.training.state import create_train_state  # noqa: PLC0415
 
   mesh = parallel.make_mesh(args.devices)
   dev = jax.devices()[0]
@@ -130,8 +130,10 @@ def main(argv=None):
     rng = np.random.default_rng(0)
 
     if "train" in args.what:
-      model, tx = Model.from_config(config), make_optimizers(config, 1000)
-      h, w = model.image_size
+      # the model-FLOPs reference needs only the step's shapes, not a state
+      state, setup = create_train_state(config, mesh)
+      _, dense_setup = create_train_state(dense, mesh, fresh=False)
+      h, w = setup.spec.nets.image_size
       local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
                "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(
                    np.int32)}
@@ -142,23 +144,14 @@ def main(argv=None):
         repl = parallel.replicated(mesh)
         batch = parallel.global_batch(local, mesh)
         vgg = None
-        if model.vgg is not None:
+        if setup.spec.vgg is not None:
           vgg = jax.jit(lambda: VGG19().init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"],
                         out_shardings=repl)()
 
-        def build(m):
-          init = lambda r: init_state(m, *tx, r)
-          sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-          return init, sharding, make_train_step(m, *tx, mesh, sharding)
-
-        dense_model = Model.from_config(dense)
-        init, sharding, step = build(dense_model)
-        abstract = jax.eval_shape(init, jax.random.key(0))
-        flops = step.lower(abstract, batch, vgg, jax.random.key(2)).cost_analysis().get("flops", float("nan"))
-        init, sharding, step = build(model)
-        state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+        flops = dense_setup.step.lower(dense_setup.abstract, batch, vgg, jax.random.key(2)).cost_analysis().get(
+            "flops", float("nan"))
         t = time.perf_counter()
-        compiled = step.lower(state, batch, vgg, jax.random.key(2)).compile()
+        compiled = setup.step.lower(state, batch, vgg, jax.random.key(2)).compile()
         compile_s = time.perf_counter() - t
         box = {"s": state}
 
@@ -170,20 +163,20 @@ def main(argv=None):
                    _device_peak(dev), flops / args.batch, flops / dt)
 
     if "infer" in args.what:
-      model, dense_model = Model.from_config(config), Model.from_config(dense)
-      h, w = model.image_size
+      nets, dense_nets = Networks.from_config(config), Networks.from_config(dense)
+      h, w = nets.image_size
       bs = args.infer_batch
-      z = jnp.zeros((bs, model.G.z_dim)) if config.model.use_vae else None
-      sem = jnp.zeros((1, h, w, model.semantic_nc))
-      variables = jax.jit(model.G.init)(jax.random.key(0), sem, None if z is None else z[:1])
+      z = jnp.zeros((bs, nets.G.z_dim)) if config.model.use_vae else None
+      sem = jnp.zeros((1, h, w, nets.semantic_nc))
+      variables = jax.jit(nets.G.init)(jax.random.key(0), sem, None if z is None else z[:1])
       batch = {"label": jnp.asarray(rng.integers(0, nc, (bs, h // 16, w // 16)).repeat(16, 1).repeat(16, 2), jnp.int32)}
       if not d.no_instance:
         batch["instance"] = jnp.asarray(rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2), jnp.int32)
       # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
-      generate = lambda m: jax.jit(lambda v, b, z: m.G.apply(v, m.semantics(b), z, train=False))
-      flops = generate(dense_model).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
+      generate = lambda n: jax.jit(lambda v, b, z: n.G.apply(v, n.semantics(b), z, train=False))
+      flops = generate(dense_nets).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
       t = time.perf_counter()
-      compiled = generate(model).lower(variables, batch, z).compile()
+      compiled = generate(nets).lower(variables, batch, z).compile()
       compile_s = time.perf_counter() - t
       dt = _time(lambda: compiled(variables, batch, z), args.steps)
       emit(preset, f"{h}x{w}", "infer", bs, bs / dt, compile_s, _bytes(compiled.memory_analysis()),

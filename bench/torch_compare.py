@@ -108,12 +108,12 @@ def jax_inference_seconds(config, batch, steps):
   import jax.numpy as jnp  # noqa: PLC0415
 
   from components import random_inputs  # noqa: PLC0415
-  from spade_jax.training.step import Model  # noqa: PLC0415
-  model = Model.from_config(config)
+  from spade_jax.networks import Networks  # noqa: PLC0415
+  nets = Networks.from_config(config)
   label, _ = random_inputs(config, batch)
-  sem = model.semantics({"label": jnp.asarray(label)})
-  variables = jax.jit(model.G.init)(jax.random.key(0), sem[:1], None)
-  gen = jax.jit(lambda v, sem: model.G.apply(v, sem, None, train=False))
+  sem = nets.semantics({"label": jnp.asarray(label)})
+  variables = jax.jit(nets.G.init)(jax.random.key(0), sem[:1], None)
+  gen = jax.jit(lambda v, sem: nets.G.apply(v, sem, None, train=False))
   jax.block_until_ready(gen(variables, sem))
   times = []
   for _ in range(steps):
@@ -142,8 +142,7 @@ def main(argv=None):
 
   from spade_jax import parallel  # noqa: PLC0415
   from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
-  from spade_jax.training.step import Model, init_state, make_train_step  # noqa: PLC0415
+  from spade_jax.training.state import create_train_state  # noqa: PLC0415
 
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   config.data.no_instance = True  # the torch side feeds no edge channel either
@@ -164,21 +163,17 @@ def main(argv=None):
   t_torch = torch_iteration_seconds(config, args.batch, args.steps, args.threads)
 
   mesh = parallel.make_mesh(1)
-  model = Model.from_config(config)
-  tx = make_optimizers(config, 1000)
-  h, w = model.image_size
+  state, setup = create_train_state(config, mesh)
+  h, w = setup.spec.nets.image_size
   rng = np.random.default_rng(0)
   nc = config.data.label_nc + int(config.data.contain_dontcare_label)
   local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
            "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(np.int32)}
   with jax.set_mesh(mesh):
-    init = lambda r: init_state(model, *tx, r)
-    sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-    state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+    step = setup.step
     vgg = None
-    if model.vgg is not None:
+    if setup.spec.vgg is not None:
       vgg = VGG19().init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))["params"]
-    step = make_train_step(model, *tx, mesh, sharding)
     batch = parallel.global_batch(local, mesh)
     state, m = step(state, batch, vgg, jax.random.key(2))  # compile + warm-up
     jax.block_until_ready(m)

@@ -14,35 +14,17 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 import warnings
-from typing import Any, Sequence
 
 import jax
 import numpy as np
 from PIL import Image
 
+from spade_jax.checkpoints import resolve_checkpoint
+from spade_jax.images import tensor2im
 from spade_jax.semantics import make_semantics
 
 __all__ = ["load", "Synthesizer", "resolve_checkpoint", "tensor2im"]
-
-
-def resolve_checkpoint(path, step: int | None = None) -> tuple[pathlib.Path, int | None]:
-  """(checkpoints folder, step) for a workdir, a `checkpoints` folder or one step's folder (`checkpoints/<step>`)."""
-  p = pathlib.Path(path).expanduser().absolute()
-  if not p.exists():
-    raise FileNotFoundError(f"no checkpoint at {p}")
-  if (p / "checkpoints").is_dir():
-    return p / "checkpoints", step
-  if p.name.isdigit() and (p / "state").is_dir():
-    if step is not None and int(step) != int(p.name):
-      raise ValueError(f"{p} is the checkpoint of step {p.name}, but step={step} was asked for")
-    return p.parent, int(p.name)
-  if any(c.name.isdigit() and (c / "state").is_dir() for c in p.iterdir()):
-    return p, step
-  raise FileNotFoundError(f"{p} holds no checkpoint: expected a workdir with checkpoints/<step>/state, a "
-                          "checkpoints folder, or a checkpoints/<step> folder (convert official .pth files with "
-                          "python -m spade_jax.convert)")
 
 
 def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = True) -> "Synthesizer":
@@ -51,24 +33,18 @@ def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = Tr
   Runs trained with `train.ema_decay > 0` keep an exponential moving average of the generator (and encoder)
   weights; it is used unless `use_ema=False` (`Synthesizer.weights` says which).
   """
+  from spade_jax.checkpoints import latest_step, read_config_dir, restore_subtrees  # noqa: PLC0415
   from spade_jax.config import from_dict  # noqa: PLC0415
-  from spade_jax.training.checkpoint import read_config_dir, restore_subtrees  # noqa: PLC0415
-  from spade_jax.training.step import synthesis_variables  # noqa: PLC0415
+  from spade_jax.networks import synthesis_variables  # noqa: PLC0415
   ckdir, step = resolve_checkpoint(checkpoint, step)
   config = from_dict(read_config_dir(ckdir, step))  # an older run's config: completed from the schema
   if step is None:
-    step = max(int(c.name) for c in ckdir.iterdir() if c.name.isdigit() and (c / "state").is_dir())
+    step = latest_step(ckdir)
   trees = restore_subtrees(ckdir, ("g", "e") + (("ema",) if use_ema else ()), step, device=device)
   if "g" not in trees:
     raise ValueError(f"checkpoint {ckdir}/{step} has no generator ('g') in its state")
   g, e = synthesis_variables(trees)
   return Synthesizer(config, g, e, step=step, source=str(ckdir), weights="ema" if "ema" in trees else "live")
-
-
-def tensor2im(x) -> np.ndarray:
-  """[-1, 1] float images -> uint8, truncating as the official tensor2im: clip((x+1)/2*255, 0, 255).astype(uint8)."""
-  x = np.asarray(x, np.float32)
-  return np.clip((x + np.float32(1)) / np.float32(2) * np.float32(255), 0, 255).astype(np.uint8)
 
 
 def _as_items(x, what: str, color_ok: bool) -> list:

@@ -55,7 +55,7 @@ class Segmenter:
 
 
 def _is_demo(data_cfg) -> bool:
-  return bool(data_cfg.get("demo_generate", False))
+  return bool(data_cfg.demo_generate)
 
 
 def build_segmenter(data_cfg, kind: str = "auto", weights: str = "", *, demo_steps: int | None = None,
@@ -163,7 +163,7 @@ class Evaluator:
       self.extract = fid_lib.feature_extractor(model, variables)
       key = json.dumps({"dataset": str(self.data_cfg.dataset),
                         "root": str(pathlib.Path(str(self.data_cfg.root)).absolute()), "split": "val",
-                        "size": [h, w], "n": self.num_images, "preprocess": str(self.data_cfg.get("preprocess", "")),
+                        "size": [h, w], "n": self.num_images, "preprocess": str(self.data_cfg.preprocess),
                         "weights": self.inception_desc}, sort_keys=True)
       self.cache_key = key
       self.cache_path = pathlib.Path(fid_cache or cache_dir() / "fid_stats") / (
@@ -182,7 +182,7 @@ class Evaluator:
 
   def _init_style(self, config):
     """The demo's style judge and the validation images' recorded styles (VAE models only)."""
-    if not config.model.get("use_vae", False):
+    if not config.model.use_vae:
       self.style_skipped = "the model has no VAE encoder (use_vae=False): its style is not an input"
       return
     from spade_jax.evaluation import style as style_lib  # noqa: PLC0415
@@ -210,7 +210,8 @@ class Evaluator:
     whose encoder means (z = mu) replace the random codes. Returns (report, grid image)."""
     from spade_jax.evaluation import fid as fid_lib  # noqa: PLC0415
     from spade_jax.evaluation.metrics import ConfusionMatrix  # noqa: PLC0415
-    from spade_jax.training.writer import Progress, sample_grid  # noqa: PLC0415
+    from spade_jax.images import colorize_labels, sample_grid  # noqa: PLC0415
+    from spade_jax.progress import Progress  # noqa: PLC0415
     t0 = time.time()
     h, w = self.image_size
     bs = self.batch_size
@@ -301,7 +302,8 @@ class Evaluator:
     elif self.style_skipped:
       report["style_skipped"] = self.style_skipped
     report["seconds"] = round(time.time() - t0, 2)
-    grid = sample_grid(self._colorize(np.stack(rows["label"])), np.stack(rows["fake"]), np.stack(rows["real"]))
+    grid = sample_grid(colorize_labels(np.stack(rows["label"]), self.data_cfg), np.stack(rows["fake"]),
+                       np.stack(rows["real"]))
     return report, grid
 
   def _score_styles(self, styles, synthesize, labels, inst, real, fake, first):
@@ -317,10 +319,6 @@ class Evaluator:
     for r in range(1, self.style_rounds):  # more random codes per label map: index i + r * num_images
       more = np.asarray(synthesize(pl, pi, first + r * self.num_images))[:k]
       styles.update_random(judge.classify(more, labels))
-
-  def _colorize(self, labels):
-    from spade_jax import colormap  # noqa: PLC0415
-    return colormap.colorize(labels, colormap.for_data(self.data_cfg)[1])
 
 
 def scalars(report: dict) -> dict:

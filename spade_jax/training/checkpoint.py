@@ -1,15 +1,14 @@
-"""Checkpoints on Orbax: the train state, the grain iterator position and the run config, one folder per step.
+"""Writing checkpoints on Orbax: the train state, the grain iterator position and the run config, one folder per step.
 
-Layout: ``{workdir}/checkpoints/{step}/{state,data_iter,config}``.
+Layout: ``{workdir}/checkpoints/{step}/{state,data_iter,config}`` (see spade_jax.checkpoints, which reads them).
 
-* ``state`` is a plain nested dict (``{'step', 'g', 'd', 'e'?, 'opt_g', 'opt_d'}``) of (possibly sharded) jax.Arrays,
-  so `restore_subtrees` can read the generator back in a notebook without model code or the training mesh.
+* ``state`` is a plain nested dict (``{'step', 'g', 'd', 'e'?, 'opt_g', 'opt_d'}``) of (possibly sharded) jax.Arrays.
 * ``data_iter`` is optional: a resumed run continues mid-epoch from the same batch.
 * ``config`` is a JSON dict, so eval and the converter can rebuild the model from the checkpoint alone.
 
 Multi-host: every process must call `Checkpointer.save` / `Checkpointer.restore` (they are collectives; each process
-writes its own shards and its own grain state ``process_<i>-of-<n>.json``). `restore_subtrees` / `read_config_dir`
-are single-process readers (notebook, converter, eval).
+writes its own shards and its own grain state ``process_<i>-of-<n>.json``). The single-process readers
+(`restore_subtrees`, `read_config_dir`) live in spade_jax.checkpoints and are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Iterable
 
 import grain
 import jax
@@ -26,25 +24,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from spade_jax.checkpoints import (CONFIG, DATA_ITER, STATE, absolute, checkpoint_dir, item_handlers, read_config,
+                                   read_config_dir, resolve_step, restore_subtrees)
+
+__all__ = ["Checkpointer", "PreemptionGuard", "is_finite_tree", "checkpoint_dir", "read_config_dir",
+           "restore_subtrees"]
+
 logger = logging.getLogger('spade_jax.training')
-
-STATE, DATA_ITER, CONFIG = 'state', 'data_iter', 'config'
-
-
-def checkpoint_dir(workdir) -> epath.Path:
-  """Where a run in `workdir` keeps its checkpoints (epath: local paths and gs:// alike)."""
-  return epath.Path(workdir) / 'checkpoints'
-
-
-def _abs(directory) -> epath.Path:
-  # Orbax rejects relative paths ("Checkpoint path should be absolute"); gs:// paths already are.
-  p = epath.Path(directory)
-  return p if p.is_absolute() else p.absolute()
-
-
-def _item_handlers(state_handler) -> dict:
-  # Registered up front so that restores without a target for an item, and item_metadata(), work.
-  return {STATE: state_handler, DATA_ITER: grain.checkpoint.CheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
 
 
 def is_finite_tree(tree) -> bool:
@@ -79,11 +65,11 @@ class Checkpointer:
   """
 
   def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True):
-    self.directory = _abs(directory)
+    self.directory = absolute(directory)
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save),
-        item_handlers=_item_handlers(ocp.StandardCheckpointHandler()))
+        item_handlers=item_handlers(ocp.StandardCheckpointHandler()))
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -121,7 +107,7 @@ class Checkpointer:
     it also brings back the optax namedtuples. `data_iter`, if given, is moved in place to the saved position
     (left as is, with a warning, when the checkpoint has no iterator state).
     """
-    step = _resolve_step(self._mngr, self.directory, step)
+    step = resolve_step(self._mngr, self.directory, step)
     args = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       if self.has_data_iter(step):
@@ -139,7 +125,7 @@ class Checkpointer:
 
   def read_config(self, step: int | None = None) -> dict:
     """The config dict saved with `step` (None = latest)."""
-    return _read_config(self._mngr, self.directory, step)
+    return read_config(self._mngr, self.directory, step)
 
   def wait(self) -> None:
     """Blocks until the pending async save is on disk."""
@@ -153,66 +139,6 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
-
-
-def _resolve_step(mngr, directory, step) -> int:
-  steps = mngr.all_steps()
-  if step is None:
-    if not steps:
-      raise FileNotFoundError(f'no checkpoint found in {directory}')
-    return max(steps)
-  if int(step) not in steps:
-    raise FileNotFoundError(f'no checkpoint for step {step} in {directory} (available: {sorted(steps)})')
-  return int(step)
-
-
-def _has_item(mngr, step: int, name: str) -> bool:
-  return (epath.Path(mngr.directory) / str(step) / name).is_dir()
-
-
-def _read_config(mngr, directory, step) -> dict:
-  step = _resolve_step(mngr, directory, step)
-  if not _has_item(mngr, step, CONFIG):
-    raise FileNotFoundError(f'checkpoint {directory}/{step} has no config')
-  return mngr.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
-
-
-def _reader(directory) -> ocp.CheckpointManager:
-  directory = _abs(directory)
-  if not directory.is_dir():
-    raise FileNotFoundError(f'no checkpoint directory {directory}')
-  # PyTreeCheckpointHandler (not Standard) for 'state': it allows partial_restore of some top-level keys.
-  return ocp.CheckpointManager(
-      directory,
-      # Not read_only=True: that logs a warning on every open; this manager never saves, so it writes nothing.
-      options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False),
-      item_handlers=_item_handlers(ocp.PyTreeCheckpointHandler()))
-
-
-def restore_subtrees(directory, keys: Iterable[str] = ('g', 'e'), step: int | None = None, *, device=None) -> dict:
-  """Reads only `keys` of the saved state onto one device, with no model code and whatever mesh wrote it.
-
-  For notebooks, eval and the weight converter: the target tree is built from the checkpoint's own metadata.
-  Keys absent from the checkpoint (e.g. 'e' without the VAE encoder) are absent from the result.
-  `directory` is the checkpoints folder (`checkpoint_dir(workdir)`).
-  """
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])  # devices()[0]: not ours on host 1
-  with _reader(directory) as mngr:
-    step = _resolve_step(mngr, directory, step)
-    tree = mngr.item_metadata(step)[STATE].tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                          {k: tree[k] for k in keys if k in tree})
-    if not target:
-      return {}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    return dict(mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE])
-
-
-def read_config_dir(directory, step: int | None = None) -> dict:
-  """The config dict of checkpoint `step` (None = latest) in the checkpoints folder `directory`."""
-  with _reader(directory) as mngr:
-    return _read_config(mngr, directory, step)
 
 
 class PreemptionGuard:

@@ -1,4 +1,4 @@
-"""The training loop, top to bottom: mesh -> data -> model and state -> resume -> jitted step -> log / sample /
+"""The training loop, top to bottom: mesh -> data -> networks and state -> resume -> jitted step -> log / sample /
 checkpoint. `train_and_evaluate(config, workdir)` is all that train.py calls."""
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview
 
-from spade_jax import colormap, parallel
+from spade_jax import config as spade_config
+from spade_jax import parallel
 from spade_jax.data import make_dataset, steps_per_epoch
-from spade_jax.inference import tensor2im
+from spade_jax.images import colorize_labels, sample_grid, to_uint8
+from spade_jax.networks import Networks, synthesis_variables
+from spade_jax.progress import Progress
 from spade_jax.training import checkpoint as ckpt_lib
 from spade_jax.training import writer as writer_lib
-from spade_jax.training.schedule import make_optimizers
-from spade_jax.training.step import Model, g_trainable, init_state, make_train_step, synthesis_variables
+from spade_jax.training.state import create_train_state
+from spade_jax.training.step import g_trainable
 from spade_jax.weights import official
 
 NUM_SAMPLES = 4  # samples per grid
@@ -69,12 +72,12 @@ def _programs(jitted) -> int | None:
 
 def _check_resumable(ckpt, abstract):
   """Options that change the state's structure must match the run being resumed (else orbax fails obscurely)."""
-  saved = ckpt.read_config().get("train", {})
-  had_ema = float(saved.get("ema_decay", 0.0)) > 0
+  saved = spade_config.from_dict(ckpt.read_config()).train  # an older run's config, completed from the schema
+  had_ema = saved.ema_decay > 0
   if had_ema != ("ema" in abstract):
     raise ValueError(f"the checkpoints in {ckpt.directory} were written {'with' if had_ema else 'without'} a weight "
                      f"EMA but this config has train.ema_decay={'0' if had_ema else '> 0'}: resume with "
-                     f"--config.train.ema_decay={saved.get('ema_decay', 0.0)}, or start a new workdir (optionally "
+                     f"--config.train.ema_decay={saved.ema_decay}, or start a new workdir (optionally "
                      f"--config.train.init_from=<this workdir>)")
 
 
@@ -99,14 +102,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_main = jax.process_index() == 0
 
   # ---- mesh and data ----
-  if config.data.get("demo_generate", False):
+  if config.data.demo_generate:
     from spade_jax.data import demo  # noqa: PLC0415
     with parallel.main_process_first("demo data"):  # not N processes writing the same files at once
       demo.generate(config.data.root, config.data.demo_num_train, config.data.demo_num_val,
                     size=config.data.crop_size, seed=config.seed)
   mesh = parallel.make_mesh(config.parallel.num_data)
   global_bs = config.train.batch_size
-  local_bs = parallel.check_batch_size(global_bs, mesh, config.train.get("grad_accum", 1))
+  local_bs = parallel.check_batch_size(global_bs, mesh, config.train.grad_accum)
   spe = steps_per_epoch(config.data, "train", global_bs)
   if spe == 0:
     raise ValueError(f"the training set has fewer images than config.train.batch_size={global_bs}")
@@ -117,37 +120,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           start_batch=start)
   train_iter = iter(train_data(0))
 
-  # ---- model, optimisers, state ----
-  model = Model.from_config(config, axis_name=parallel.DATA if config.train.use_shard_map else None)
-  tx_g, tx_d = make_optimizers(config, spe)
-  init_fn = lambda rng: init_state(model, tx_g, tx_d, rng)
+  # ---- networks, optimisers, state ----
   repl = parallel.replicated(mesh)
   with jax.set_mesh(mesh):
-    abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
-    state_sharding = parallel.state_shardings(abstract, mesh, config.parallel.shard_params)
     ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-      _check_resumable(ckpt, abstract)
-      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
-      resumed = ckpt.latest_step()
+    resumed = ckpt.latest_step()
+    state, setup = create_train_state(config, mesh, steps_per_epoch=spe, fresh=resumed is None)
+    nets, train_step = setup.spec.nets, setup.step
+    if resumed is not None:
+      _check_resumable(ckpt, setup.abstract)
       same_processes = ckpt.has_data_iter(resumed)
-      state = ckpt.restore(abstract_state=target, data_iter=train_iter if same_processes else None)
+      state = ckpt.restore(abstract_state=setup.target(), data_iter=train_iter if same_processes else None)
       if not same_processes:  # written by another number of processes: the step is the position in the global order
         train_iter = iter(train_data(resumed))
         logging.info("the checkpoint's data position was written by another number of processes: continuing at "
                      "global batch %d of the data order", resumed)
       logging.info("resumed from step %d in %s", resumed, ckpt.directory)
-    else:
-      state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.key(config.seed))
-      if config.train.init_from:
-        state = _init_from(state, config.train.init_from)
-        if "ema" in state:  # the average starts from the loaded weights
-          state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
+    elif config.train.init_from:
+      state = _init_from(state, config.train.init_from)
+      if "ema" in state:  # the average starts from the loaded weights
+        state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
     vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
-    train_step = make_train_step(model, tx_g, tx_d, mesh, state_sharding, use_shard_map=config.train.use_shard_map)
-    sample_fn = jax.jit(lambda s, b: _samples(model, s, b), out_shardings=repl)  # replicated: every host can read
-  evaluate = _make_evaluator(config, model, mesh, workdir)  # before training: missing weights fail now
+    sample_fn = jax.jit(lambda s, b: _samples(nets, s, b), out_shardings=repl)  # replicated: every host can read
+  evaluate = _make_evaluator(config, nets, mesh, workdir)  # before training: missing weights fail now
 
   # ---- loop ----
   rng = jax.random.key(config.seed)
@@ -162,8 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("G(+E) %s params, D %s params; %d devices; global batch %d; %d steps/epoch; steps %d -> %d",
                  f"{n_g:,}", f"{n_d:,}", mesh.devices.size, global_bs, spe, start, total_steps)
   writer = writer_lib.MetricWriter(str(workdir), enabled=is_main)
-  progress = writer_lib.Progress(total_steps, start_step=start, every_secs=config.train.progress_every_secs)
-  palette = colormap.for_data(config.data)[1]
+  progress = Progress(total_steps, start_step=start, every_secs=config.train.progress_every_secs)
   pending, last_metrics, wait_time, t_log = [], {}, 0.0, time.time()
   step = start
   compiled_steps = None  # jit cache size after the first step: a later increase means a recompilation
@@ -205,8 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % config.train.sample_every == 0 or last:
           # the batch spans all hosts (no host can read it whole): the samples come back replicated
           labels, fake, real = jax.device_get(sample_fn(state, batch))
-          writer.write_images(step, {"samples": writer_lib.sample_grid(
-              colormap.colorize(np.asarray(labels), palette), np.asarray(fake), np.asarray(real))})
+          writer.write_images(step, {"samples": sample_grid(
+              colorize_labels(labels, config.data), np.asarray(fake), np.asarray(real))})
         if step % config.train.checkpoint_every == 0 or last or stop:
           _check_finite(pending, ckpt)
           save(step)
@@ -223,19 +218,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return last_metrics
 
 
-def _samples(model: Model, state, batch):
+def _samples(nets: Networks, state, batch):
   """Eval-mode synthesis of the first samples of a batch (VAE: the style code of each real image, z = mu); returns
   (labels, synthesis, real images) of those samples."""
   batch = jax.tree.map(lambda x: x[:NUM_SAMPLES], batch)
-  sem = model.semantics(batch)
+  sem = nets.semantics(batch)
   g_vars, e_vars = synthesis_variables(state)
   z = None
-  if model.E is not None:
-    z, _ = model.E.apply(e_vars, batch["image"], train=False)
-  return batch["label"], model.G.apply(g_vars, sem, z, train=False).astype(jnp.float32), batch["image"]
+  if nets.E is not None:
+    z, _ = nets.E.apply(e_vars, batch["image"], train=False)
+  return batch["label"], nets.G.apply(g_vars, sem, z, train=False).astype(jnp.float32), batch["image"]
 
 
-def _make_evaluator(config, model: Model, mesh, workdir: Path):
+def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
   """Periodic evaluation (config.eval.every_steps > 0; -1: at the end only) with the live state on the training
   mesh: synthesis is jitted with the state where it lives and the batch split over the data axis; the scores
   follow eval.py's protocol (spade_jax.evaluation.runner). Reports go to workdir/eval/step_<N>/, scalars to the
@@ -249,16 +244,16 @@ def _make_evaluator(config, model: Model, mesh, workdir: Path):
   bs = -(-int(e.batch_size) // n) * n
   with parallel.main_process_first("evaluator"):  # process 0 trains / downloads and caches, the others load
     evaluator = runner.Evaluator(
-        config, model.image_size, inception_weights=e.inception_weights or None, fid=e.fid, segmenter=e.segmenter,
+        config, nets.image_size, inception_weights=e.inception_weights or None, fid=e.fid, segmenter=e.segmenter,
         segmenter_weights=e.segmenter_weights, num_images=e.num_images, batch_size=bs,
         demo_segmenter_steps=e.demo_segmenter_steps or None, log=lambda m: logging.info("%s", m))
 
   def images(state, batch, first):
     g_vars, e_vars = synthesis_variables(state)
-    z = runner.eval_latents(first, batch["label"].shape[0], model.G.z_dim) if model.E is not None else None
+    z = runner.eval_latents(first, batch["label"].shape[0], nets.G.z_dim) if nets.E is not None else None
     if "image" in batch:  # the demo's style scores: z = the encoder's mean of each style image
-      z, _ = model.E.apply(e_vars, batch["image"], train=False)
-    return model.G.apply(g_vars, model.semantics(batch), z, train=False).astype(jnp.float32)
+      z, _ = nets.E.apply(e_vars, batch["image"], train=False)
+    return nets.G.apply(g_vars, nets.semantics(batch), z, train=False).astype(jnp.float32)
 
   synth = jax.jit(images, out_shardings=parallel.replicated(mesh))
   disabled = []
@@ -274,7 +269,7 @@ def _make_evaluator(config, model: Model, mesh, workdir: Path):
         local["image"] = np.asarray(style, np.float32) / np.float32(255) * np.float32(2) - np.float32(1)
       rows = parallel.local_rows(mesh, len(labels))  # this process's share of the batch
       local = {k: v[rows] for k, v in local.items()}
-      return tensor2im(jax.device_get(synth(state, parallel.global_batch(local, mesh), first)))
+      return to_uint8(jax.device_get(synth(state, parallel.global_batch(local, mesh), first)))
 
     try:
       with jax.set_mesh(mesh):

@@ -1,4 +1,4 @@
-"""Metric writer, sample grids and progress lines for training, without TensorFlow.
+"""Metric writer for training runs (and eval.py), without TensorFlow.
 
 clu.metric_writers imports TensorFlow (docs/jax_stack.md §6), so we write the two formats ourselves:
   * `metrics.jsonl`: one JSON object per `write_scalars` call; easy to read in a notebook (`read_metrics`);
@@ -20,6 +20,8 @@ from absl import logging
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from spade_jax.images import image_grid
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -152,108 +154,3 @@ def read_metrics(logdir: str) -> list[dict]:
         continue
       rows.append({k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()})
   return rows
-
-
-def to_uint8(images) -> np.ndarray:
-  """[-1, 1] floats -> uint8, truncating like the official tensor2im (float32 math, so PNGs match bit for bit)."""
-  x = np.asarray(images, np.float32)
-  return np.clip((x + 1) / 2.0 * 255.0, 0, 255).astype(np.uint8)
-
-
-def image_grid(rows, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-  """rows: list of uint8 [N, H, W, 3]; each row's images side by side, rows stacked, `pad` pixels between.
-  Rows with fewer images are filled with `pad_value` on the right."""
-  rows = [np.asarray(r) for r in rows]
-  h, w, c = rows[0].shape[1:]
-  if any(r.shape[1:] != (h, w, c) for r in rows):
-    raise ValueError(f"all images must share one [H, W, C]; got {[r.shape for r in rows]}")
-  ncol = max(len(r) for r in rows)
-  grid = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, c), pad_value, np.uint8)
-  for i, row in enumerate(rows):
-    for j, img in enumerate(row):
-      grid[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = img
-  return grid
-
-
-def sample_grid(label_rgb, fake, real=None, pad: int = 2) -> np.ndarray:
-  """One row per sample: label colours | synthesis | real (real optional). fake/real may be uint8 or [-1, 1]
-  floats (converted with `to_uint8`)."""
-  cols = [np.asarray(label_rgb)] + [np.asarray(x) for x in (fake, real) if x is not None]
-  cols = [x if x.dtype == np.uint8 else to_uint8(x) for x in cols]
-  return image_grid([np.stack([c[i] for c in cols]) for i in range(len(cols[0]))], pad=pad)
-
-
-def _fmt_duration(s: float) -> str:
-  s = int(round(s))
-  d, s = divmod(s, 86400)
-  h, s = divmod(s, 3600)
-  m, s = divmod(s, 60)
-  if d:
-    return f"{d}d{h:02d}h"
-  if h:
-    return f"{h}h{m:02d}m"
-  return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-class Progress:
-  """Steps/s, images/s and ETA, logged at most every `every_secs`.
-
-  The first `update` only starts the clock: that step includes XLA compilation, which would wreck the ETA. After
-  that the rate is an exponential moving average over time (time constant `smoothing_secs`), so it follows real
-  changes (e.g. eval pauses) without jumping on every step. Host time is measured, so with async dispatch the rate
-  is only meaningful over many steps (it converges once the dispatch queue is full).
-  """
-
-  def __init__(self, total_steps: int, *, start_step: int = 0, every_secs: float = 60.0,
-               smoothing_secs: float = 60.0, clock=time.monotonic):
-    self.total_steps = int(total_steps)
-    self.every_secs = every_secs
-    self.smoothing_secs = smoothing_secs
-    self._clock = clock
-    self._last = None            # (step, time) of the previous update
-    self._last_log = None
-    self.step = int(start_step)
-    self.rate = None             # steps/s, None until two updates were seen
-    self.images_per_step = None
-
-  @property
-  def eta_seconds(self) -> float | None:
-    if not self.rate:
-      return None
-    return max(self.total_steps - self.step, 0) / self.rate
-
-  def line(self) -> str:
-    pct = 100.0 * self.step / max(self.total_steps, 1)
-    parts = [f"step {self.step}/{self.total_steps} ({pct:.1f}%)"]
-    if self.rate is None:
-      parts.append("measuring speed")
-    else:
-      parts.append(f"{self.rate:.1f} steps/s")
-      if self.images_per_step:
-        parts.append(f"{self.rate * self.images_per_step:.1f} img/s")
-      parts.append(f"ETA {_fmt_duration(self.eta_seconds)}")
-    return " | ".join(parts)
-
-  def update(self, step: int, images_per_step: int | None = None) -> str | None:
-    """Record that `step` is done; returns the line when it was logged, else None."""
-    now = self._clock()
-    step = int(step)
-    if images_per_step is not None:
-      self.images_per_step = images_per_step
-    if self._last is not None and step > self._last[0] and now > self._last[1]:
-      dt = now - self._last[1]
-      inst = (step - self._last[0]) / dt
-      if self.rate is None:
-        self.rate = inst
-      else:
-        w = math.exp(-dt / self.smoothing_secs)
-        self.rate = w * self.rate + (1 - w) * inst
-    self._last = (step, now)
-    self.step = step
-    due = self._last_log is None or now - self._last_log >= self.every_secs or step >= self.total_steps
-    if self.rate is None or not due:
-      return None
-    self._last_log = now
-    text = self.line()
-    logging.info("%s", text)
-    return text

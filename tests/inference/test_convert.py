@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from spade_jax import convert  # noqa: E402
 from spade_jax.inference import load  # noqa: E402
 from spade_jax.models import build_discriminator  # noqa: E402
-from spade_jax.training.checkpoint import read_config_dir, restore_subtrees  # noqa: E402
+from spade_jax.checkpoints import read_config_dir, restore_subtrees  # noqa: E402
 from spade_jax.weights.official import ConversionError  # noqa: E402
 from tests.inference import util  # noqa: E402
 from tests.parity import nchw, nhwc  # noqa: E402

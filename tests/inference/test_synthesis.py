@@ -170,7 +170,8 @@ def test_single_device_load_of_a_mesh_checkpoint(coco_run, tmp_path):
   """A checkpoint written with arrays sharded over the 8-device mesh loads and synthesizes in a 1-device process."""
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from spade_jax.training.checkpoint import Checkpointer, read_config_dir, restore_subtrees
+  from spade_jax.checkpoints import read_config_dir, restore_subtrees
+  from spade_jax.training.checkpoint import Checkpointer
   ck = coco_run["dir"] / "checkpoints"
   state = restore_subtrees(ck, ("g",), 0)
   mesh = jax.make_mesh((8,), ("data",))

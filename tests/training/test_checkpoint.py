@@ -14,6 +14,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from spade_jax import checkpoints as readers
 from spade_jax.training import checkpoint as ckpt
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_round_trip_sharded_state_config_and_layout(mesh, tmp_path):
   state = make_state(mesh, step=7, with_e=True)
   state['opt_g'] = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3).update(
       state['g']['params'], state['opt_g'], state['g']['params'])[1]  # non-trivial mu/nu/count
-  with ckpt.Checkpointer(ckpt.checkpoint_dir(tmp_path)) as ck:
+  with ckpt.Checkpointer(readers.checkpoint_dir(tmp_path)) as ck:
     ck.save(7, state, config={'model': {'ngf': 64}, 'name': 'x'})
     ck.wait()
     restored = ck.restore(abstract_state=abstract_of(state))
@@ -67,7 +68,7 @@ def test_round_trip_sharded_state_config_and_layout(mesh, tmp_path):
   assert type(restored['opt_g']) is type(state['opt_g'])  # optax namedtuples, not dicts
   assert isinstance(restored['opt_d'][0], optax.ScaleByAdamState)
   assert sorted(p.name for p in (tmp_path / 'checkpoints' / '7').iterdir() if p.is_dir()) == ['config', 'state']
-  assert ckpt.read_config_dir(tmp_path / 'checkpoints', 7)['name'] == 'x'
+  assert readers.read_config_dir(tmp_path / 'checkpoints', 7)['name'] == 'x'
 
 
 def test_max_to_keep_latest_step_and_existing_step_is_skipped(mesh, tmp_path):
@@ -134,21 +135,22 @@ def test_missing_checkpoint_error_names_directory(mesh, tmp_path):
     with pytest.raises(FileNotFoundError, match='no config'):
       ck.read_config()
   with pytest.raises(FileNotFoundError, match='elsewhere'):
-    ckpt.restore_subtrees(tmp_path / 'elsewhere')
+    readers.restore_subtrees(tmp_path / 'elsewhere')
 
 
 _SUBPROCESS = """
 import json, sys
 import jax, numpy as np
+from spade_jax import checkpoints as readers
 from spade_jax.training import checkpoint as ckpt
 assert jax.device_count() == 1, jax.devices()
-out = ckpt.restore_subtrees(sys.argv[1], keys=('g', 'e', 'opt_g'))
+out = readers.restore_subtrees(sys.argv[1], keys=('g', 'e', 'opt_g'))
 leaves = jax.tree.leaves(out)
 assert all(x.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0]) for x in leaves)
 print(json.dumps({'keys': sorted(out), 'w': np.asarray(out['g']['params']['w']).tolist(),
                   'u': np.asarray(out['g']['spectral']['u']).tolist(),
                   'mu_w': np.asarray(out['opt_g']['inner_state'][0]['mu']['w']).tolist(),
-                  'cfg': ckpt.read_config_dir(sys.argv[1])}))
+                  'cfg': readers.read_config_dir(sys.argv[1])}))
 """
 
 
@@ -174,7 +176,7 @@ def test_restore_subtrees_in_process(mesh, tmp_path):
   with ckpt.Checkpointer(tmp_path) as ck:
     ck.save(2, state)
   dev = jax.devices()[3]
-  out = ckpt.restore_subtrees(tmp_path, device=dev)
+  out = readers.restore_subtrees(tmp_path, device=dev)
   assert sorted(out) == ['e', 'g']
   assert all(x.sharding == jax.sharding.SingleDeviceSharding(dev) for x in jax.tree.leaves(out))
   np.testing.assert_array_equal(out['e']['params']['fc'], np.asarray(state['e']['params']['fc']))

@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spade_jax.training.step import Model, g_trainable, train_step  # noqa: E402
+from spade_jax.training.step import StepSpec, g_trainable, train_step  # noqa: E402
 from spade_jax.weights.vgg19 import vgg19_params  # noqa: E402
 from tests import torch_reference as ref  # noqa: E402
 from tests.parity import nchw, state_dict_np, variables_from  # noqa: E402
@@ -46,10 +46,11 @@ def test_one_iteration_equals_the_official_trainer():
 def _iteration_parity(dtype, rel):
   config = tiny_config(use_vae=True, lambda_vgg=10.0, crop=32)
   config.train.batch_size = 2
-  model = dataclasses.replace(Model.from_config(config), dtype=jnp.dtype(dtype))
+  spec = StepSpec.from_config(config)
+  spec = dataclasses.replace(spec, nets=dataclasses.replace(spec.nets, dtype=jnp.dtype(dtype)))
   batch = random_batch(config, n=2, seed=7)
   batch["image"] = batch["image"].astype(dtype)
-  sem = np.asarray(model.semantics({k: jnp.asarray(v) for k, v in batch.items()}))
+  sem = np.asarray(spec.nets.semantics({k: jnp.asarray(v) for k, v in batch.items()}))
   s = sem.shape[-1]
 
   torch.manual_seed(0)
@@ -77,7 +78,7 @@ def _iteration_parity(dtype, rel):
   rng_g, rng_d = jax.random.split(jax.random.fold_in(rng, 0))
   eps_g, eps_d = (torch.from_numpy(np.asarray(jax.random.normal(r, (2, 256), jnp.float32)).astype(dtype))
                   for r in (rng_g, rng_d))
-  new_state, metrics = jax.jit(lambda st, b: train_step(model, tx, tx, st, b, vgg19_params(state_dict_np(vgg)), rng))(
+  new_state, metrics = jax.jit(lambda st, b: train_step(spec, tx, tx, st, b, vgg19_params(state_dict_np(vgg)), rng))(
       state, {k: jnp.asarray(v) for k, v in batch.items()})
 
   # ---- the official iteration in torch ----

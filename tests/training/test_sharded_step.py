@@ -6,19 +6,16 @@ import optax
 import pytest
 
 from spade_jax import parallel
-from spade_jax.training.step import Model, init_state, make_train_step
+from spade_jax.training.state import create_train_state
 from tests.training.tiny import random_batch, tiny_config
 
 
 def _run(config, ndev, use_shard_map, txs, steps=1, shard_params=False):
   mesh = parallel.make_mesh(ndev)
-  model = Model.from_config(config, axis_name=parallel.DATA if use_shard_map else None)
-  repl = parallel.replicated(mesh)
-  init = lambda r: init_state(model, *txs, r)
+  state, setup = create_train_state(config, mesh, optimizers=txs, use_shard_map=use_shard_map,
+                                    shard_params=shard_params, min_size=512)
+  step = setup.step
   with jax.set_mesh(mesh):
-    sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, shard_params, min_size=512)
-    state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
-    step = make_train_step(model, *txs, mesh, sharding, use_shard_map=use_shard_map)
     metrics = []
     for i in range(steps):
       state, m = step(state, parallel.global_batch(random_batch(config, seed=i), mesh), None, jax.random.key(1))
@@ -53,10 +50,9 @@ def test_eight_devices_equal_one_device(runs, name):
 def test_sharded_params_really_are_sharded():
   config = tiny_config(use_vae=True)
   mesh = parallel.make_mesh(8)
-  model = Model.from_config(config)
   sgd = optax.sgd(1e-2)
-  abstract = jax.eval_shape(lambda r: init_state(model, sgd, sgd, r), jax.random.key(0))
-  specs = [s.spec for s in jax.tree.leaves(parallel.state_shardings(abstract, mesh, True, min_size=512))]
+  _, setup = create_train_state(config, mesh, optimizers=(sgd, sgd), fresh=False, shard_params=True, min_size=512)
+  specs = [s.spec for s in jax.tree.leaves(setup.sharding)]
   assert any(parallel.DATA in tuple(s) for s in specs) and any(tuple(s) == () for s in specs)
 
 

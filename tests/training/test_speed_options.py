@@ -10,7 +10,9 @@ import pytest
 from spade_jax import parallel
 from spade_jax.models import SPADEResnetBlock
 from spade_jax.semantics import make_semantics
-from spade_jax.training.step import Model, ema_update, init_state, make_train_step, synthesis_variables
+from spade_jax.networks import synthesis_variables
+from spade_jax.training.state import create_train_state
+from spade_jax.training.step import StepSpec, ema_update
 from tests.training.tiny import random_batch, tiny_config
 
 
@@ -29,16 +31,12 @@ def _run(config, ndev=2, steps=2, state0=None):
   """SGD, so that updates are linear in the gradients (see test_sharded_step). `state0`: start from this state
   (the options under test do not change the state's structure; sharing it saves compiling `init` again)."""
   mesh = parallel.make_mesh(ndev)
-  model = Model.from_config(config)
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)
-  init = lambda r: init_state(model, sgd, sgd, r)
+  state, setup = create_train_state(config, mesh, optimizers=(sgd, sgd), fresh=state0 is None)
+  step = setup.step
   with jax.set_mesh(mesh):
-    sharding = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-    if state0 is None:
-      state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
-    else:
-      state = jax.device_put(state0, sharding)
-    step = make_train_step(model, sgd, sgd, mesh, sharding)
+    if state0 is not None:
+      state = jax.device_put(state0, setup.sharding)
     history = [jax.device_get(state)]
     metrics = []
     for i in range(steps):
@@ -136,9 +134,9 @@ def test_accumulation_needs_a_divisible_batch():
   with pytest.raises(ValueError, match="divisible by devices x grad_accum = 4 x 3 = 12"):
     parallel.check_batch_size(16, parallel.make_mesh(4), 3)
   with pytest.raises(ValueError, match="grad_accum must be >= 1"):
-    Model.from_config(_config(grad_accum=0))
+    StepSpec.from_config(_config(grad_accum=0))
   with pytest.raises(ValueError, match="model.dtype must be one of"):
-    Model.from_config(_config(dtype="float16x"))
+    StepSpec.from_config(_config(dtype="float16x"))
 
 
 def _spade_grads(module, x, seg):

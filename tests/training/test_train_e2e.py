@@ -15,6 +15,7 @@ import pytest
 import configs.demo
 from spade_jax.training import checkpoint as ckpt_lib
 from spade_jax.training import loop
+from spade_jax.training import state as state_lib
 from spade_jax.training.writer import read_metrics
 from tests.conftest import REPO
 
@@ -89,8 +90,9 @@ def _config(data, steps, every=2):
 
 
 def _wrap_step(monkeypatch, on_call):
-  """Wrap the jitted step so a test can act at a given call (1-based) without touching the loop's code."""
-  real = loop.make_train_step
+  """Wrap the jitted step (made by create_train_state) so a test can act at a given call (1-based) without touching
+  the loop's code."""
+  real = state_lib.make_train_step
   calls = {"n": 0}
 
   def make(*args, **kwargs):
@@ -101,7 +103,7 @@ def _wrap_step(monkeypatch, on_call):
       state, metrics = step(*a)
       return state, on_call(calls["n"], metrics)
     return wrapped
-  monkeypatch.setattr(loop, "make_train_step", make)
+  monkeypatch.setattr(state_lib, "make_train_step", make)
   return calls
 
 
