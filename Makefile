@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # pytest-xdist processes: the suite is mostly XLA compilation, one core each (each simulates 8 JAX devices, ~3 GB)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test test test-fast demo clean
+.PHONY: setup setup-test lint test test-fast demo clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@py=$$(scripts/find_python.sh) && [ -x $(PY) ] || $$py -m venv $(VENV)
@@ -22,6 +22,9 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 setup: $(VENV)/.runtime          ## runtime environment only
 
 setup-test: $(VENV)/.test        ## runtime + test extras (pytest, torch as the parity oracle)
+
+lint: setup-test                 ## ruff (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 test: setup-test                 ## the whole suite, as CI runs it
 	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)

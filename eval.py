@@ -60,7 +60,7 @@ def _log(msg):
 
 def _load_config(path):
   """get_config() of a config file (the `config_path` of `evaluate`; the command line parses --config itself)."""
-  import importlib.util  # noqa: PLC0415
+  import importlib.util
   spec = importlib.util.spec_from_file_location("eval_config", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -70,8 +70,9 @@ def _load_config(path):
 def synthesize_fn(syn, seed: int = 0):
   """Evaluator-style synthesis with a Synthesizer: VAE models get z drawn per image index from `seed`, or the
   encoder's mean of `style` images (the demo's style scores)."""
-  import numpy as np  # noqa: PLC0415
-  from spade_jax.evaluation.runner import eval_latents  # noqa: PLC0415
+  import numpy as np
+
+  from spade_jax.evaluation.runner import eval_latents
 
   def run(labels, instances, first, style=None):
     instances = instances if not syn.no_instance else None
@@ -85,9 +86,9 @@ def synthesize_fn(syn, seed: int = 0):
 def share_over_processes(run):
   """Several processes (a multi-host job): each synthesises its contiguous share of every batch (VAE codes follow
   the image index, so the split changes nothing) and the shares are gathered on all of them. One process: `run`."""
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-  from jax.experimental import multihost_utils  # noqa: PLC0415
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return run
 
@@ -105,11 +106,12 @@ def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fi
              use_ema=True, demo_segmenter_steps=0, config=None) -> dict:
   """Evaluates a checkpoint and writes the report; `config` (a ConfigDict) or `config_path` (a config file) replaces
   the checkpoint's config."""
-  import jax  # noqa: PLC0415
-  import spade_jax.inference  # noqa: PLC0415
-  from spade_jax import parallel  # noqa: PLC0415
-  from spade_jax.evaluation import runner  # noqa: PLC0415
-  from spade_jax.training.writer import MetricWriter  # noqa: PLC0415
+  import jax
+
+  import spade_jax.inference
+  from spade_jax import parallel
+  from spade_jax.evaluation import runner
+  from spade_jax.training.writer import MetricWriter
 
   syn = spade_jax.inference.load(workdir, step, use_ema=use_ema)
   if config is None:
@@ -144,10 +146,10 @@ def main(argv):
   del argv
   if _DRN.value and _SEG_WEIGHTS.value and _DRN.value != _SEG_WEIGHTS.value:
     raise app.UsageError("give --segmenter_weights or --drn_weights, not both")
-  from spade_jax import cli  # noqa: PLC0415 (no JAX)
+  from spade_jax import cli
   cli.quiet_libraries()
   with cli.user_errors():
-    from spade_jax import parallel  # noqa: PLC0415 (before any JAX computation)
+    from spade_jax import parallel
     parallel.maybe_initialize_distributed()  # one of several processes: each synthesises its share
     with parallel.fail_fast():
       evaluate(_WORKDIR.value, step=_CHECKPOINT.value, config=_CONFIG.value, inception_weights=_INCEPTION.value,

@@ -16,15 +16,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from spade_jax import cli  # noqa: PLC0415 (no JAX)
+  from spade_jax import cli
   cli.quiet_libraries()
-  from spade_jax import launch  # noqa: PLC0415 (no JAX)
+  from spade_jax import launch
   if launch.should_supervise():  # one of several processes: train in a child, report how it ended (see launch)
     sys.exit(launch.supervise(_WORKDIR.value))
   with cli.user_errors():
-    from spade_jax import parallel  # noqa: PLC0415 (after flag parsing; before any JAX computation)
+    from spade_jax import parallel
     parallel.maybe_initialize_distributed()
-    from spade_jax.training.loop import train_and_evaluate  # noqa: PLC0415
+    from spade_jax.training.loop import train_and_evaluate
     logging.info("config:\n%s", _CONFIG.value)
     with parallel.fail_fast():
       train_and_evaluate(_CONFIG.value, _WORKDIR.value)

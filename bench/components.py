@@ -16,7 +16,7 @@ COMPONENTS = ("G fwd", "G fwd+bwd", "D fwd+bwd", "VGG fwd+bwd")
 
 def _best(fn, repeats):
   """Min over `repeats` timed calls after one warm-up (compilation) call; fn returns what to wait for."""
-  import jax  # noqa: PLC0415
+  import jax
   jax.block_until_ready(fn())
   times = []
   for _ in range(repeats):
@@ -28,9 +28,9 @@ def _best(fn, repeats):
 
 def random_inputs(config, batch, seed=0):
   """Label ids (16x16-pixel blocks of random classes) and images in [-1, 1], numpy, at the model's output size."""
-  import numpy as np  # noqa: PLC0415
+  import numpy as np
 
-  from spade_jax.models import output_size  # noqa: PLC0415
+  from spade_jax.models import output_size
   d = config.data
   h, w = output_size(d.crop_size, d.aspect_ratio, config.model.num_upsampling_layers)
   rng = np.random.default_rng(seed)
@@ -42,11 +42,11 @@ def random_inputs(config, batch, seed=0):
 
 def jax_times(config, batch, repeats=2) -> dict:
   """Seconds per call of each component in jitted JAX (one device)."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
 
-  from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.networks import Networks  # noqa: PLC0415
+  from spade_jax.models import VGG19
+  from spade_jax.networks import Networks
   nets = Networks.from_config(config)
   label, image = random_inputs(config, batch)
   sem = nets.semantics({"label": jnp.asarray(label)})
@@ -81,10 +81,10 @@ def jax_times(config, batch, repeats=2) -> dict:
 
 def torch_times(config, batch, repeats=2, threads=None) -> dict:
   """Seconds per call of each component in PyTorch eager on the parity tests' reference modules."""
-  import torch  # noqa: PLC0415
+  import torch
 
-  from spade_jax.models import semantic_nc  # noqa: PLC0415
-  from tests import torch_reference as ref  # noqa: PLC0415
+  from spade_jax.models import semantic_nc
+  from tests import torch_reference as ref
   if threads:
     torch.set_num_threads(threads)
   torch.manual_seed(0)

@@ -25,12 +25,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 def conv_shapes(config, batch):
   """{(x shape, kernel shape, stride, padding): calls} of the forward pass of one train step (traced, not run)."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
 
-  from spade_jax.models import layers  # noqa: PLC0415
-  from spade_jax.training.schedule import make_optimizers  # noqa: PLC0415
-  from spade_jax.training.step import StepSpec, init_state, train_step  # noqa: PLC0415
+  from spade_jax.models import layers
+  from spade_jax.training.schedule import make_optimizers
+  from spade_jax.training.step import StepSpec, init_state, train_step
   seen = collections.Counter()
   original = layers.conv2d
 
@@ -66,11 +66,11 @@ def main(argv=None):
   p.add_argument("--top", type=int, default=0, help="only the N shapes with the most forward FLOPs (0: all)")
   args = p.parse_args(argv)
 
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
 
-  from spade_jax.models import layers  # noqa: PLC0415
+  from spade_jax.models import layers
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   if args.ngf:
     config.model.ngf = config.model.ndf = args.ngf

@@ -83,7 +83,7 @@ def _upernet(a, rng):
   x = _seg_images(a, rng)
   s = a.seg_size
   for scales in ((s,), upernet.DEFAULT_SCALES):
-    f = lambda im, sc=scales: upernet.segment_ade20k(model, v, im, scales=sc)  # noqa: E731
+    f = lambda im, sc=scales: upernet.segment_ade20k(model, v, im, scales=sc)
     print(f"UperNet-101 {s}x{s} scales {scales}, batch {a.seg_batch}: {_bench(f, x, a.seg_iters):.3f} images/s")
 
 
@@ -91,7 +91,7 @@ def _deeplab(a, rng):
   model = deeplab.DeepLabV2MSC()
   v = jax.jit(model.clone(scales=()).init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))  # same variables
   x = _seg_images(a, rng)
-  f = lambda im: deeplab.segment_cocostuff(model, v, im)  # noqa: E731
+  f = lambda im: deeplab.segment_cocostuff(model, v, im)
   s = a.seg_size
   print(f"DeepLabV2 MSC {s}x{s} (scales 1, 0.5, 0.75), batch {a.seg_batch}: {_bench(f, x, a.seg_iters):.3f} images/s")
 

@@ -26,13 +26,13 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=4)
   args = p.parse_args(argv)
 
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-  import torch  # noqa: PLC0415
+  import jax
+  import numpy as np
+  import torch
 
-  from spade_jax.models import SPADEGenerator  # noqa: PLC0415
-  from spade_jax.weights.official import torch_to_variables  # noqa: PLC0415
-  from tests import torch_reference as ref  # noqa: PLC0415
+  from spade_jax.models import SPADEGenerator
+  from spade_jax.weights.official import torch_to_variables
+  from tests import torch_reference as ref
 
   torch.manual_seed(0)
   rng = np.random.default_rng(0)

@@ -48,17 +48,17 @@ def main(argv=None):
   p.add_argument("--top", type=int, default=25)
   args = p.parse_args(argv)
   try:
-    from xprof.profile_data import ProfileData  # noqa: PLC0415
+    from xprof.profile_data import ProfileData
   except ImportError:
     sys.exit("bench/profile_step.py reads the trace with xprof: pip install xprof")
 
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
+  import jax
+  import numpy as np
+  from components import random_inputs
 
-  from components import random_inputs  # noqa: PLC0415
-  from spade_jax import parallel  # noqa: PLC0415
-  from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.training.state import create_train_state  # noqa: PLC0415
+  from spade_jax import parallel
+  from spade_jax.models import VGG19
+  from spade_jax.training.state import create_train_state
 
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   config.data.no_instance = True
@@ -110,7 +110,7 @@ def main(argv=None):
   print("\n| kind | s |\n|---|---:|")
   for kind, s in by_kind.most_common():
     print(f"| {kind} | {s:.2f} |")
-  print(f"\n| ms | XLA op | from |\n|---:|---|---|")
+  print("\n| ms | XLA op | from |\n|---:|---|---|")
   for s, name, op_name in sorted(ops, reverse=True)[:args.top]:
     print(f"| {1e3 * s:.1f} | {name} | {op_name.removeprefix('jit(train_step)/')[-100:]} |")
 

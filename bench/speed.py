@@ -61,7 +61,7 @@ def _device_peak(device) -> float | None:
 
 
 def _time(fn, steps):
-  import jax  # noqa: PLC0415
+  import jax
   jax.block_until_ready(fn())  # warm-up (after compilation)
   t = time.perf_counter()
   for _ in range(steps):
@@ -87,14 +87,14 @@ def main(argv=None):
   p.add_argument("--components", action="store_true", help="also time G fwd, G fwd+bwd, D fwd+bwd, VGG fwd+bwd")
   args = p.parse_args(argv)
 
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
 
-  from spade_jax import parallel  # noqa: PLC0415
-  from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.networks import Networks  # noqa: PLC0415
-  from spade_jax.training.state import create_train_state  # noqa: PLC0415
+  from spade_jax import parallel
+  from spade_jax.models import VGG19
+  from spade_jax.networks import Networks
+  from spade_jax.training.state import create_train_state
 
   mesh = parallel.make_mesh(args.devices)
   dev = jax.devices()[0]
@@ -171,7 +171,8 @@ def main(argv=None):
       variables = jax.jit(nets.G.init)(jax.random.key(0), sem, None if z is None else z[:1])
       batch = {"label": jnp.asarray(rng.integers(0, nc, (bs, h // 16, w // 16)).repeat(16, 1).repeat(16, 2), jnp.int32)}
       if not d.no_instance:
-        batch["instance"] = jnp.asarray(rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2), jnp.int32)
+        blocks = rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2)
+        batch["instance"] = jnp.asarray(blocks, jnp.int32)
       # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
       generate = lambda n: jax.jit(lambda v, b, z: n.G.apply(v, n.semantics(b), z, train=False))
       flops = generate(dense_nets).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
@@ -183,7 +184,7 @@ def main(argv=None):
                    _device_peak(dev), flops / bs, flops / dt)
 
     if args.components:
-      import components  # noqa: PLC0415
+      import components
       for name, seconds in components.jax_times(config, args.batch, args.steps).items():
         component_rows.append((preset, name, args.batch, seconds))
 

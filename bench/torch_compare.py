@@ -26,11 +26,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 def torch_iteration_seconds(config, batch, steps, threads):
-  import numpy as np  # noqa: PLC0415
-  import torch  # noqa: PLC0415
+  import numpy as np
+  import torch
 
-  from spade_jax.models import output_size, semantic_nc  # noqa: PLC0415
-  from tests import torch_reference as ref  # noqa: PLC0415
+  from spade_jax.models import output_size, semantic_nc
+  from tests import torch_reference as ref
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   d, m, l = config.data, config.model, config.loss
@@ -81,11 +81,11 @@ def torch_iteration_seconds(config, batch, steps, threads):
 
 
 def torch_inference_seconds(config, batch, steps, threads):
-  import torch  # noqa: PLC0415
+  import torch
+  from components import random_inputs
 
-  from components import random_inputs  # noqa: PLC0415
-  from spade_jax.models import semantic_nc  # noqa: PLC0415
-  from tests import torch_reference as ref  # noqa: PLC0415
+  from spade_jax.models import semantic_nc
+  from tests import torch_reference as ref
   torch.set_num_threads(threads)
   d, m = config.data, config.model
   s = semantic_nc(d)
@@ -104,11 +104,11 @@ def torch_inference_seconds(config, batch, steps, threads):
 
 
 def jax_inference_seconds(config, batch, steps):
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
+  from components import random_inputs
 
-  from components import random_inputs  # noqa: PLC0415
-  from spade_jax.networks import Networks  # noqa: PLC0415
+  from spade_jax.networks import Networks
   nets = Networks.from_config(config)
   label, _ = random_inputs(config, batch)
   sem = nets.semantics({"label": jnp.asarray(label)})
@@ -137,12 +137,12 @@ def main(argv=None):
   p.add_argument("--no_components", action="store_true")
   args = p.parse_args(argv)
 
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
+  import jax
+  import numpy as np
 
-  from spade_jax import parallel  # noqa: PLC0415
-  from spade_jax.models import VGG19  # noqa: PLC0415
-  from spade_jax.training.state import create_train_state  # noqa: PLC0415
+  from spade_jax import parallel
+  from spade_jax.models import VGG19
+  from spade_jax.training.state import create_train_state
 
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   config.data.no_instance = True  # the torch side feeds no edge channel either
@@ -154,7 +154,7 @@ def main(argv=None):
   if args.crop:
     config.data.crop_size = config.data.load_size = args.crop
   config.model.spade_label_conv = args.label_conv
-  import components  # noqa: PLC0415
+  import components
   rows = []
   if not args.no_components:
     theirs = components.torch_times(config, args.batch, args.steps, args.threads)

@@ -3,4 +3,8 @@
 Dataset configs (coco_stuff.py, ade20k.py, cityscapes.py, custom.py, demo.py) start from the library's presets.
 Override anything from the command line: `--config.train.batch_size=8`.
 """
-from spade_jax.config import defaults as get_config  # noqa: F401
+from spade_jax.config import defaults
+
+
+def get_config():
+  return defaults()

@@ -40,7 +40,7 @@ def main():
       page.wait_for_selector('#output[data-version="1"]', state="attached", timeout=60_000)
       box = page.locator("#canvas").bounding_box()
       scale = box["width"] / srv.model.image_size[1]
-      at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)  # noqa: E731
+      at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)
       version = 1
       strokes = [(demo.MOUNTAIN, 8, [(x, 30 - abs(x - 20) // 2) for x in range(4, 38, 2)]),
                  (demo.WATER, 8, [(x, 50) for x in range(6, 60, 2)]),

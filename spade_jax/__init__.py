@@ -8,6 +8,6 @@ __all__ = ["load", "Synthesizer"]
 
 def __getattr__(name):
   if name in ("load", "Synthesizer"):
-    from spade_jax import inference  # noqa: PLC0415
+    from spade_jax import inference
     return getattr(inference, name)
   raise AttributeError(f"module 'spade_jax' has no attribute {name!r}")

@@ -12,7 +12,7 @@ importing this module (and spade_jax.inference) stays light.
 from __future__ import annotations
 
 import pathlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 from etils import epath
@@ -36,8 +36,8 @@ def absolute(directory) -> epath.Path:
 
 def item_handlers(state_handler) -> dict:
   """Registered up front so that restores without a target for an item, and item_metadata(), work."""
-  import grain  # noqa: PLC0415
-  import orbax.checkpoint as ocp  # noqa: PLC0415
+  import grain
+  import orbax.checkpoint as ocp
   return {STATE: state_handler, DATA_ITER: grain.checkpoint.CheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
 
 
@@ -59,15 +59,15 @@ def _has_item(mngr, step: int, name: str) -> bool:
 
 def read_config(mngr, directory, step) -> dict:
   """The config dict saved with `step` (None = latest) by the manager of `directory`."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415
+  import orbax.checkpoint as ocp
   step = resolve_step(mngr, directory, step)
   if not _has_item(mngr, step, CONFIG):
     raise FileNotFoundError(f"checkpoint {directory}/{step} has no config")
   return mngr.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
 
-def _reader(directory) -> "ocp.CheckpointManager":
-  import orbax.checkpoint as ocp  # noqa: PLC0415
+def _reader(directory):
+  import orbax.checkpoint as ocp
   directory = absolute(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoint directory {directory}")
@@ -86,7 +86,7 @@ def restore_subtrees(directory, keys: Iterable[str] = ("g", "e"), step: int | No
   Keys absent from the checkpoint (e.g. 'e' without the VAE encoder) are absent from the result.
   `directory` is the checkpoints folder (`checkpoint_dir(workdir)`).
   """
-  import orbax.checkpoint as ocp  # noqa: PLC0415
+  import orbax.checkpoint as ocp
   sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])  # devices()[0]: not ours on host 1
   with _reader(directory) as mngr:
     step = resolve_step(mngr, directory, step)

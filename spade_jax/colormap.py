@@ -134,7 +134,7 @@ def for_data(data_cfg) -> tuple[list[str], np.ndarray]:
   landscapes (`data.demo_generate`, a 'custom' data set) their class names and colours."""
   n = data_cfg.label_nc + int(data_cfg.contain_dontcare_label)
   if data_cfg.demo_generate:
-    from spade_jax.data import demo  # noqa: PLC0415
+    from spade_jax.data import demo
     if n == demo.NUM_CLASSES:
       return list(demo.CLASS_NAMES), np.asarray(demo.COLORS, np.uint8)
   return names_for(data_cfg.dataset, n), palette_for(data_cfg.dataset, n)

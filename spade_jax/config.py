@@ -11,7 +11,8 @@ checkpoints are completed once, by `from_dict`. The top-level `configs/*.py` fil
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 

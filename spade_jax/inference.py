@@ -1,7 +1,7 @@
 """Label maps in, images out: the notebook API.
 
   import spade_jax
-  model = spade_jax.load("runs/coco_pretrained")              # a workdir, its checkpoints/ folder, or checkpoints/<step>
+  model = spade_jax.load("runs/coco_pretrained")            # a workdir, its checkpoints/ folder, or checkpoints/<step>
   images = model.synthesize(Image.open("000000000139.png"), instances=Image.open("inst/000000000139.png"))
 
 `load` reads only the generator (and the VAE encoder) of a checkpoint onto one device, whatever mesh wrote it, and
@@ -27,15 +27,15 @@ from spade_jax.semantics import make_semantics
 __all__ = ["load", "Synthesizer", "resolve_checkpoint", "tensor2im"]
 
 
-def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = True) -> "Synthesizer":
+def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = True) -> Synthesizer:
   """A Synthesizer for the checkpoint (latest step unless `step`), on one device (default: the first).
 
   Runs trained with `train.ema_decay > 0` keep an exponential moving average of the generator (and encoder)
   weights; it is used unless `use_ema=False` (`Synthesizer.weights` says which).
   """
-  from spade_jax.checkpoints import latest_step, read_config_dir, restore_subtrees  # noqa: PLC0415
-  from spade_jax.config import from_dict  # noqa: PLC0415
-  from spade_jax.networks import synthesis_variables  # noqa: PLC0415
+  from spade_jax.checkpoints import latest_step, read_config_dir, restore_subtrees
+  from spade_jax.config import from_dict
+  from spade_jax.networks import synthesis_variables
   ckdir, step = resolve_checkpoint(checkpoint, step)
   config = from_dict(read_config_dir(ckdir, step))  # an older run's config: completed from the schema
   if step is None:
@@ -98,8 +98,8 @@ class Synthesizer:
 
   def __init__(self, config, g_variables, e_variables=None, *, step: int | None = None, source: str = "",
                weights: str = "live"):
-    from spade_jax import colormap  # noqa: PLC0415
-    from spade_jax.models import build_encoder, build_generator, output_size  # noqa: PLC0415
+    from spade_jax import colormap
+    from spade_jax.models import build_encoder, build_generator, output_size
     self.config = config
     self.step, self.source, self.weights = step, source, weights
     d, m = config.data, config.model
@@ -143,7 +143,7 @@ class Synthesizer:
 
   def _ids(self, item, what: str, palette) -> tuple[np.ndarray, bool]:
     """-> (int32 ids at output size, decoded_from_colours)."""
-    from spade_jax.colormap import decode_color_label  # noqa: PLC0415
+    from spade_jax.colormap import decode_color_label
     item = _open(item)
     if isinstance(item, Image.Image):
       if item.mode in ("RGB", "RGBA"):
@@ -172,7 +172,7 @@ class Synthesizer:
 
   def prepare_labels(self, labels, palette=None) -> np.ndarray:
     """Label maps -> int32 (N, H, W) class ids at the output size, validated (255 -> the don't-care slot)."""
-    from spade_jax.semantics import check_label_range  # noqa: PLC0415
+    from spade_jax.semantics import check_label_range
     items = _as_items(labels, "labels", color_ok=True)
     if not items:
       raise ValueError("no label maps given")
@@ -196,7 +196,7 @@ class Synthesizer:
 
   def prepare_style(self, style, n: int) -> np.ndarray:
     """Style images -> float32 (N, H, W, 3) in [-1, 1] at the output size (PIL BICUBIC, as the pipeline)."""
-    from spade_jax.data.transforms import image_to_array  # noqa: PLC0415
+    from spade_jax.data.transforms import image_to_array
     items = _as_items(style, "style", color_ok=True)
     if len(items) not in (1, n):
       raise ValueError(f"{len(items)} style images for {n} label maps (give one, or one per label map)")
@@ -302,5 +302,5 @@ class Synthesizer:
 
   def colorize(self, labels, palette=None) -> np.ndarray:
     """Label maps -> uint8 RGB visualisations (N, H, W, 3) in this model's colours, at the output size."""
-    from spade_jax.colormap import colorize  # noqa: PLC0415
+    from spade_jax.colormap import colorize
     return colorize(self.prepare_labels(labels, palette), self.palette)

@@ -58,7 +58,7 @@ def last_complete_checkpoint(workdir) -> int | None:
   """The newest finished checkpoint step in workdir/checkpoints, read from the file system alone (no JAX, no
   Orbax: the supervisor asks after the trainer is gone). Orbax writes a step into a temporary folder and renames it
   when every process is done (and adds commit_success.txt on object stores), so a plain number is complete."""
-  from etils import epath  # noqa: PLC0415
+  from etils import epath
   directory = epath.Path(workdir) / "checkpoints"
   if not directory.is_dir():
     return None

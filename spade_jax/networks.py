@@ -32,7 +32,7 @@ class Networks:
   dtype: Any = None           # compute dtype of every network (None: float32)
 
   @classmethod
-  def from_config(cls, config, axis_name: str | None = None) -> "Networks":
+  def from_config(cls, config, axis_name: str | None = None) -> Networks:
     """`axis_name`: the mesh axis SPADE's sync batch norm averages over (the shard_map step)."""
     d = config.data
     return cls(

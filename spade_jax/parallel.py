@@ -8,7 +8,8 @@ import sys
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from spade_jax import launch
 
@@ -55,7 +56,7 @@ def fail_fast():
 def sync(name: str) -> None:
   """A barrier of all processes (no-op with one)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 

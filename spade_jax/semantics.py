@@ -21,8 +21,10 @@ def check_label_range(label, label_nc: int, contain_dontcare_label: bool, source
   if bad.any():
     ids = np.unique(label[bad])
     where = f" in {source}" if source else ""
-    hint = ("set config.data.contain_dontcare_label=True if 255 means 'unlabeled'"
-            if (label_nc in ids and not contain_dontcare_label) else "set config.data.label_nc to the number of classes")
+    if label_nc in ids and not contain_dontcare_label:
+      hint = "set config.data.contain_dontcare_label=True if 255 means 'unlabeled'"
+    else:
+      hint = "set config.data.label_nc to the number of classes"
     raise ValueError(
         f"label id {int(ids[0])}{where} is outside [0, {nc}) for label_nc={label_nc}, contain_dontcare_label="
         f"{contain_dontcare_label} (bad ids: {ids[:10].tolist()}); {hint}")

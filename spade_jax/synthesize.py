@@ -18,7 +18,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -102,8 +102,9 @@ def _parser():
 
 def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
   args = _parser().parse_args(argv)
-  from PIL import Image  # noqa: PLC0415
-  from spade_jax.inference import load  # noqa: PLC0415
+  from PIL import Image
+
+  from spade_jax.inference import load
 
   if args.samples < 1 or args.batch_size < 1:
     raise ValueError("--samples and --batch_size must be >= 1")
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
       kw["instances"] = [instances[i] for i in pad]
     if style is not None:
       kw["style"] = [style[i] for i in pad] if isinstance(style, list) else style
-    import warnings  # noqa: PLC0415
+    import warnings
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # the missing-instances note was printed once above
       images = model.synthesize(batch_labels, seed=args.seed, num_samples=args.samples, palette=palette,

@@ -14,12 +14,12 @@ COMPILE_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdt
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS(sys.argv[:1])  # grain / absl-using libraries read flags; pytest's own argv is not theirs
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

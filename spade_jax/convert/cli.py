@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from spade_jax.cli import user_errors
-from spade_jax.convert.options import PRESETS, _as_bool
 from spade_jax.convert.opt_txt import _parse_value
+from spade_jax.convert.options import PRESETS, _as_bool
 from spade_jax.convert.writer import Converted, convert
 from spade_jax.weights.official import ConversionError
 

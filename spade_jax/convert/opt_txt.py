@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pathlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from spade_jax.weights.official import ConversionError
 

@@ -174,7 +174,7 @@ def _from_weights(opts: _Options, key: str, value, network: str):
 
 
 def _check_latent(opts: _Options, cells: int, channels: int):
-  from spade_jax.models.generator import latent_size  # noqa: PLC0415
+  from spade_jax.models.generator import latent_size
   d, m = opts.config.data, opts.config.model
 
   def fits(mode):

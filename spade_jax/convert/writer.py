@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from spade_jax.convert.options import resolve_options
 from spade_jax.convert.opt_txt import read_opt_txt
+from spade_jax.convert.options import resolve_options
 from spade_jax.convert.shapes import _describe, detect_network, infer_discriminator, infer_encoder, infer_generator
 from spade_jax.weights.official import ConversionError
 
@@ -27,7 +28,7 @@ class Converted:
 
 
 def _load(path_or_sd, what: str, expect: str):
-  from spade_jax.weights.pth import load_state_dict  # noqa: PLC0415
+  from spade_jax.weights.pth import load_state_dict
   if isinstance(path_or_sd, Mapping):
     sd, name = dict(path_or_sd), f"<{what} state dict>"
   else:
@@ -43,9 +44,14 @@ def _load(path_or_sd, what: str, expect: str):
 
 
 def _variables(sd, network, module, init_args, what, **kw):
-  import jax  # noqa: PLC0415
-  from spade_jax.weights.official import check_state_dict, check_variables, expected_state_dict, \
-      torch_to_variables  # noqa: PLC0415
+  import jax
+
+  from spade_jax.weights.official import (
+    check_state_dict,
+    check_variables,
+    expected_state_dict,
+    torch_to_variables,
+  )
   abstract = dict(jax.eval_shape(lambda: module.init(jax.random.key(0), *init_args)))
   check_state_dict(sd, expected_state_dict(abstract, network), what)  # in the file's own key names
   variables = torch_to_variables(sd, network, **kw)
@@ -59,11 +65,16 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
             flags: Mapping[str, Any] | None = None, out=None, overwrite: bool = False) -> Converted:
   """Convert official state dicts (paths to .pth files, or {key: array} dicts) and, with `out`, write the Orbax
   checkpoint. `opt` is a path to opt.txt or a parsed dict; `flags` are config overrides {'data.crop_size': 512}."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  from spade_jax.models import build_discriminator, build_encoder, build_generator, count_params, \
-      output_size  # noqa: PLC0415
-  from spade_jax.models.factory import semantic_nc  # noqa: PLC0415
+  import jax.numpy as jnp
+
+  from spade_jax.models import (
+    build_discriminator,
+    build_encoder,
+    build_generator,
+    count_params,
+    output_size,
+  )
+  from spade_jax.models.factory import semantic_nc
 
   g_sd, g_name = _load(generator, "generator", "G")
   d_sd, d_name = _load(discriminator, "discriminator", "D") if discriminator is not None else (None, None)
@@ -82,7 +93,7 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
   z = jnp.zeros((1, G.z_dim)) if config.model.use_vae else None
   latent_hw = None
   if config.model.use_vae:
-    from spade_jax.models.generator import latent_size  # noqa: PLC0415
+    from spade_jax.models.generator import latent_size
     latent_hw = latent_size(config.data.crop_size, config.data.aspect_ratio, config.model.num_upsampling_layers)
   state: dict[str, Any] = {"step": np.zeros((), np.int32)}
   dtypes = {}
@@ -105,7 +116,8 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
   lines.append(f"  generator     ngf {m.ngf}, semantic_nc {s} = label_nc {d.label_nc} + don't-care "
                f"{int(d.contain_dontcare_label)} + edges {int(not d.no_instance)}, {m.num_upsampling_layers} "
                f"upsampling, {'VAE (z from the encoder / noise)' if m.use_vae else 'no VAE'}, SPADE "
-               f"{m.param_free_norm} {m.spade_kernel}x{m.spade_kernel}, spectral norm {'on' if m.spectral_G else 'off'}")
+               f"{m.param_free_norm} {m.spade_kernel}x{m.spade_kernel}, "
+               f"spectral norm {'on' if m.spectral_G else 'off'}")
   if d_info:
     lines.append(f"  discriminator num_D {m.num_D}, n_layers_D {m.n_layers_D}, ndf {m.ndf}")
   if e_info:
@@ -128,8 +140,9 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
 
 
 def _write(out, state, config, info, overwrite) -> pathlib.Path:
-  import shutil  # noqa: PLC0415
-  from spade_jax.training.checkpoint import Checkpointer, checkpoint_dir  # noqa: PLC0415
+  import shutil
+
+  from spade_jax.training.checkpoint import Checkpointer, checkpoint_dir
   workdir = pathlib.Path(out).absolute()
   ckdir = pathlib.Path(checkpoint_dir(workdir))
   steps = sorted(p.name for p in ckdir.iterdir() if p.name.isdigit()) if ckdir.is_dir() else []

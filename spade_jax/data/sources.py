@@ -212,7 +212,7 @@ TFDS_SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val', 'test')}
 def open_tfds_split(name: str, split: str, data_dir: str):
   """Opens ``tfds.data_source`` for our split name, trying the tfds spellings ('val' -> 'validation'/'test')."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
   except ImportError as e:
     raise DataError("config.data.dataset='tfds' needs tensorflow-datasets (pip install tensorflow-datasets); "
                     "or use the raw-folder loaders ('coco_stuff', 'ade20k', 'cityscapes', 'custom').") from e

@@ -1,7 +1,7 @@
 """PyTorch state dict -> Flax variables, checked key-for-key and shape-for-shape against the Flax model."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np

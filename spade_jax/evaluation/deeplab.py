@@ -37,7 +37,7 @@ Labels: `cocostuff_label_to_eval_id` keeps the pipeline's ids 0..181 and maps th
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -236,8 +236,8 @@ def load_deeplab(paths=None, *, model: DeepLabV2MSC | None = None, progress: boo
   """(DeepLabV2MSC(), variables) from `paths` (the .pth file, or a 1-sequence holding it), or from the cached /
   downloaded official file. Offline with nothing cached: `spade_jax.weights.download.WeightsUnavailableError` naming
   the URL and the path to put the file at."""
-  from spade_jax.weights.download import fetch  # noqa: PLC0415
-  from spade_jax.weights.pth import load_state_dict  # noqa: PLC0415
+  from spade_jax.weights.download import fetch
+  from spade_jax.weights.pth import load_state_dict
   if paths is None:
     path = fetch(WEIGHTS, progress=progress)
   elif isinstance(paths, (list, tuple)):

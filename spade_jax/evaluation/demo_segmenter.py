@@ -152,7 +152,7 @@ def _root(data_cfg) -> str:
 
 def check_demo_data(data_cfg, splits=("train",)) -> None:
   """Raises ValueError (naming the root and what is expected) unless `data_cfg` is a demo-style data set."""
-  from spade_jax.data.sources import custom_dirs  # noqa: PLC0415
+  from spade_jax.data.sources import custom_dirs
   root = _root(data_cfg)
   expected = (f"a demo-style data set (spade_jax.data.demo: dataset='custom', label_nc={NUM_CLASSES} classes "
               f"{', '.join(CLASS_NAMES)}, folders {{root}}/{{train,val}}/{{images,labels}})")
@@ -168,7 +168,7 @@ def check_demo_data(data_cfg, splits=("train",)) -> None:
         raise ValueError(f"demo segmenter: folder {d or '(unset)'} of split {split!r} does not exist (root "
                          f"{root!r}); expected {expected}. Generate it with `python -m spade_jax.data.demo "
                          f"--out=ROOT` (or config.data.demo_generate=True).")
-  marker = Path(root) / demo_data._MARKER  # noqa: SLF001
+  marker = Path(root) / demo_data._MARKER
   if root and marker.is_file():
     try:
       classes = json.loads(marker.read_text()).get("classes")
@@ -183,10 +183,10 @@ def load_split(data_cfg, split: str = "train", num_images: int = 0) -> tuple[np.
 
   File order, no flip, crop/resize per config.data (e.g. 64x64 for the demo config), label ids validated.
   """
-  from spade_jax.data import TransformOptions  # noqa: PLC0415
-  from spade_jax.data.decode import load_sample  # noqa: PLC0415
-  from spade_jax.data.errors import DataError  # noqa: PLC0415
-  from spade_jax.data.sources import build_source  # noqa: PLC0415
+  from spade_jax.data import TransformOptions
+  from spade_jax.data.decode import load_sample
+  from spade_jax.data.errors import DataError
+  from spade_jax.data.sources import build_source
   check_demo_data(data_cfg, (split,))
   try:
     source = build_source(data_cfg, split)
@@ -204,7 +204,7 @@ def load_split(data_cfg, split: str = "train", num_images: int = 0) -> tuple[np.
 
 def data_fingerprint(data_cfg, *, steps: int, batch_size: int, seed: int) -> dict[str, Any]:
   """What the cached weights depend on: data set identity and sizes, training settings, architecture version."""
-  from spade_jax.data.sources import custom_dirs  # noqa: PLC0415
+  from spade_jax.data.sources import custom_dirs
   image_dir, label_dir, _ = custom_dirs(data_cfg, "train")
   files, counts = [], []
   for d in (image_dir, label_dir):
@@ -212,7 +212,7 @@ def data_fingerprint(data_cfg, *, steps: int, batch_size: int, seed: int) -> dic
     files += [f"{p.parent.name}/{p.name}:{p.stat().st_size}" for p in listed]
     counts.append(len(listed))
   root = _root(data_cfg)
-  marker = Path(root) / demo_data._MARKER  # noqa: SLF001
+  marker = Path(root) / demo_data._MARKER
   generator = None
   if root and marker.is_file():
     try:
@@ -242,7 +242,7 @@ def _fingerprint_id(fp: dict[str, Any]) -> str:
 # The segmenter
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _predict_fn(num_classes: int):
   """One jitted argmax-apply per class count, shared by all segmenters (compiled once per input shape)."""
   model = SegNet(num_classes=num_classes)
@@ -304,7 +304,7 @@ class DemoSegmenter:
     return path
 
   @classmethod
-  def load(cls, path, *, expect_fingerprint: dict[str, Any] | None = None) -> "DemoSegmenter":
+  def load(cls, path, *, expect_fingerprint: dict[str, Any] | None = None) -> DemoSegmenter:
     """Reads a `save`d segmenter; raises ValueError when the files are corrupt, of another architecture, or (with
     `expect_fingerprint`) trained on another data set / with other settings."""
     path = Path(path)
@@ -330,7 +330,7 @@ class DemoSegmenter:
     template = _variables_template(SegNet(num_classes=num_classes))
     try:
       variables = flax.serialization.from_bytes(template, data)
-    except Exception as e:  # msgpack / structure errors  # noqa: BLE001
+    except Exception as e:  # msgpack / structure errors
       raise ValueError(f"demo segmenter cache {path}: cannot decode weights ({type(e).__name__}: {e})") from e
     try:
       bad = [jax.tree_util.keystr(k) for k, (a, b) in _zip_leaves(template, variables)
@@ -476,7 +476,7 @@ def default_cache_path(data_cfg, fingerprint: dict[str, Any]) -> Path:
 
 
 def _fallback_cache_path(fingerprint: dict[str, Any]) -> Path:
-  from spade_jax.weights.download import cache_dir  # noqa: PLC0415
+  from spade_jax.weights.download import cache_dir
   return cache_dir() / "demo_segmenter" / f"demo_segmenter_{_fingerprint_id(fingerprint)}.msgpack"
 
 

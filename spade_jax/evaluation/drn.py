@@ -8,12 +8,12 @@ stride 8, padding 4, groups 19) - here in exact polyphase form - then LogSoftmax
 
 Input: RGB in [0, 1] normalised with the Cityscapes mean/std of fyu/drn's info.json (`normalize`). The checkpoint
 `drn-d-105_ms_cityscapes.pth` (http://go.yf.io/drn-cityscapes-models) has keys `base.<i>...`, `seg.*`, `up.weight`
-(a `module.` prefix from DataParallel is stripped). Scores use the 19 Cityscapes train ids; `cityscapes_label_to_train_id`
-maps the 35 label ids (the generator's input) to them, 255 = ignored.
+(a `module.` prefix from DataParallel is stripped). Scores use the 19 Cityscapes train ids;
+`cityscapes_label_to_train_id` maps the 35 label ids (the generator's input) to them, 255 = ignored.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -197,6 +197,6 @@ def convert_drn_seg(state_dict, model: DRNSeg | None = None) -> dict:
 def load_drn_seg(path, model: DRNSeg | None = None):
   """(DRNSeg(), variables) from `drn-d-105_ms_cityscapes.pth` (download it from http://go.yf.io/drn-cityscapes-models,
   a Google Drive folder, by hand: it has no stable direct URL)."""
-  from spade_jax.weights.pth import load_state_dict  # noqa: PLC0415
+  from spade_jax.weights.pth import load_state_dict
   model = model or DRNSeg()
   return model, convert_drn_seg(load_state_dict(path), model)

@@ -11,7 +11,7 @@ those of torchvision's Inception3 (`Mixed_5b.branch1x1.conv.weight`, `...bn.runn
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -194,8 +194,8 @@ def load_fid_inception(path=None, *, progress: bool = True):
   Offline with no cached copy, raises `spade_jax.weights.download.WeightsUnavailableError` naming the URL and the
   path to place the file at.
   """
-  from spade_jax.weights.download import fetch  # noqa: PLC0415
-  from spade_jax.weights.pth import load_state_dict  # noqa: PLC0415
+  from spade_jax.weights.download import fetch
+  from spade_jax.weights.pth import load_state_dict
   if path is None:
     path = fetch("fid_inception", progress=progress)
   return FIDInceptionV3(), convert_fid_inception(load_state_dict(path))

@@ -22,18 +22,18 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from absl import logging
 
 __all__ = ["Evaluator", "Segmenter", "build_segmenter", "SegmenterUnavailable", "eval_latents", "scalars", "write"]
 
 
 def _log(msg: str) -> None:
-  sys.stderr.write(msg + "\n")
-  sys.stderr.flush()
+  logging.info("%s", msg)
 
 
 class SegmenterUnavailable(RuntimeError):
@@ -62,15 +62,15 @@ def build_segmenter(data_cfg, kind: str = "auto", weights: str = "", *, demo_ste
                     log=_log) -> Segmenter | None:
   """The data set's segmenter, or None when `kind` is 'none'. Raises SegmenterUnavailable (saying what to pass)
   when the data set has none or its weights are missing."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
   if kind == "none":
     return None
   if kind != "auto":
     raise ValueError(f"segmenter must be 'auto' or 'none', got {kind!r}")
   dataset = str(data_cfg.dataset)
   if _is_demo(data_cfg):
-    from spade_jax.evaluation import demo_segmenter as ds  # noqa: PLC0415
+    from spade_jax.evaluation import demo_segmenter as ds
     kw = {"steps": demo_steps} if demo_steps else {}
     seg, info = ds.load_or_train(data_cfg, weights or None, log=lambda m: log("eval: " + m), **kw)
     return Segmenter("demo segmenter (trained on the real demo training images)", ds.NUM_CLASSES, seg.segment,
@@ -82,7 +82,7 @@ def build_segmenter(data_cfg, kind: str = "auto", weights: str = "", *, demo_ste
           "the Cityscapes segmentation score needs DRN-D-105 weights (drn-d-105_ms_cityscapes.pth from "
           "http://go.yf.io/drn-cityscapes-models): pass their path (eval.py --segmenter_weights=PATH, in training "
           "--config.eval.segmenter_weights=PATH), or skip segmentation with --segmenter=none")
-    from spade_jax.evaluation import drn  # noqa: PLC0415
+    from spade_jax.evaluation import drn
     model, variables = drn.load_drn_seg(weights)
     fn = jax.jit(lambda x: jnp.argmax(model.apply(variables, drn.normalize(x)), -1))
     protocol = ("DRN-D-105 (fyu/drn DRNSeg, drn-d-105_ms_cityscapes.pth) segments each image at the generated "
@@ -90,7 +90,7 @@ def build_segmenter(data_cfg, kind: str = "auto", weights: str = "", *, demo_ste
     return Segmenter("DRN-D-105", 19, fn, drn.cityscapes_label_to_train_id, protocol, str(weights),
                      drn.CITYSCAPES_TRAIN_CLASSES)
   if dataset == "ade20k":
-    from spade_jax.evaluation import upernet  # noqa: PLC0415
+    from spade_jax.evaluation import upernet
     paths = tuple(p for p in str(weights).split(",") if p) or None
     if paths is not None and len(paths) != 2:
       raise ValueError(f"UperNet-101 needs two files 'encoder_epoch_50.pth,decoder_epoch_50.pth', got {weights!r}")
@@ -99,7 +99,7 @@ def build_segmenter(data_cfg, kind: str = "auto", weights: str = "", *, demo_ste
                      upernet.ade20k_label_to_eval_id, upernet.PROTOCOL,
                      str(weights or "mit-semseg ade20k-resnet101-upernet epoch 50 (cache)"), upernet.ADE20K_CLASSES)
   if dataset in ("coco_stuff", "coco"):
-    from spade_jax.evaluation import deeplab  # noqa: PLC0415
+    from spade_jax.evaluation import deeplab
     model, variables = deeplab.load_deeplab(weights or None)
     return Segmenter("DeepLabV2-ResNet101 MSC", deeplab.NUM_CLASSES,
                      lambda x: deeplab.segment_cocostuff(model, variables, x), deeplab.cocostuff_label_to_eval_id,
@@ -112,8 +112,8 @@ def build_segmenter(data_cfg, kind: str = "auto", weights: str = "", *, demo_ste
 def eval_latents(first, n: int, z_dim: int, seed: int = 0):
   """The VAE latent of validation image i is N(0, I) drawn from fold_in(key(seed), i): independent of the batch
   size and of the program (eval.py, periodic evaluation) that synthesises it. Jittable (`first` may be traced)."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
   key = jax.random.key(seed)
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(first + jnp.arange(n))
 
@@ -135,11 +135,12 @@ class Evaluator:
   def __init__(self, config, image_size, *, inception_weights=None, fid: bool = True, segmenter: str = "auto",
                segmenter_weights: str = "", num_images: int = 0, batch_size: int = 8, fid_cache=None,
                grid_size: int = 8, demo_segmenter_steps: int | None = None, style_rounds: int = 4, log=_log):
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    from spade_jax.data.sources import build_source  # noqa: PLC0415
-    from spade_jax.evaluation import fid as fid_lib  # noqa: PLC0415
-    from spade_jax.weights.download import cache_dir  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+
+    from spade_jax.data.sources import build_source
+    from spade_jax.evaluation import fid as fid_lib
+    from spade_jax.weights.download import cache_dir
     self.config, self.data_cfg, self.log = config, config.data, log
     self.image_size = tuple(int(s) for s in image_size)
     self.batch_size, self.grid_size = int(batch_size), int(grid_size)
@@ -152,7 +153,7 @@ class Evaluator:
     self.extract, self.inception_desc, self.real_fid, self.cache_path = None, None, None, None
     self.meaningful = inception_weights != "random"
     if fid:
-      from spade_jax.evaluation.inception import FIDInceptionV3, load_fid_inception  # noqa: PLC0415
+      from spade_jax.evaluation.inception import FIDInceptionV3, load_fid_inception
       if inception_weights == "random":
         model = FIDInceptionV3()
         variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
@@ -185,7 +186,7 @@ class Evaluator:
     if not config.model.use_vae:
       self.style_skipped = "the model has no VAE encoder (use_vae=False): its style is not an input"
       return
-    from spade_jax.evaluation import style as style_lib  # noqa: PLC0415
+    from spade_jax.evaluation import style as style_lib
     try:
       self.val_styles = style_lib.read_styles(self.data_cfg, "val")[:self.num_images]
       self.style_judge = style_lib.build_judge(self.data_cfg)
@@ -194,7 +195,7 @@ class Evaluator:
       self.log(f"eval: no style scores: {e}")
 
   def _batches(self):
-    from spade_jax.data import make_dataset  # noqa: PLC0415
+    from spade_jax.data import make_dataset
     done = 0
     for batch in make_dataset(self.data_cfg, split="val", batch_size=self.batch_size, seed=0, train=False):
       if done >= self.num_images:
@@ -208,10 +209,10 @@ class Evaluator:
     B is always the evaluator's batch size (the tail is padded). VAE models draw z per image index (see
     `eval_latents`); for the demo's style scores they are also called with `style=` uint8 (B, H, W, 3) real images,
     whose encoder means (z = mu) replace the random codes. Returns (report, grid image)."""
-    from spade_jax.evaluation import fid as fid_lib  # noqa: PLC0415
-    from spade_jax.evaluation.metrics import ConfusionMatrix  # noqa: PLC0415
-    from spade_jax.images import colorize_labels, sample_grid  # noqa: PLC0415
-    from spade_jax.progress import Progress  # noqa: PLC0415
+    from spade_jax.evaluation import fid as fid_lib
+    from spade_jax.evaluation.metrics import ConfusionMatrix
+    from spade_jax.images import colorize_labels, sample_grid
+    from spade_jax.progress import Progress
     t0 = time.time()
     h, w = self.image_size
     bs = self.batch_size
@@ -224,7 +225,7 @@ class Evaluator:
     rows = {"label": [], "fake": [], "real": []}
     styles = None
     if self.style_judge is not None:
-      from spade_jax.evaluation import style as style_lib  # noqa: PLC0415
+      from spade_jax.evaluation import style as style_lib
       styles = style_lib.StyleScores()
     progress = Progress(-(-self.num_images // bs), every_secs=10.0, smoothing_secs=20.0)
     for i, (first, k, batch) in enumerate(self._batches()):
@@ -308,7 +309,7 @@ class Evaluator:
 
   def _score_styles(self, styles, synthesize, labels, inst, real, fake, first):
     """One batch of the style scores: own-style synthesis, the real images, and `style_rounds` random codes."""
-    from spade_jax.evaluation.style import features  # noqa: PLC0415
+    from spade_jax.evaluation.style import features
     judge, k, bs = self.style_judge, len(labels), self.batch_size
     true = self.val_styles[first:first + k]
     pl, pi = _pad(labels, bs), None if inst is None else _pad(inst, bs)
@@ -340,7 +341,7 @@ def scalars(report: dict) -> dict:
 
 def write(report: dict, grid: np.ndarray, out_dir) -> pathlib.Path:
   """report.json and grid.png into out_dir (created)."""
-  from PIL import Image  # noqa: PLC0415
+  from PIL import Image
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   Image.fromarray(grid).save(out / "grid.png")

@@ -73,7 +73,7 @@ class StyleJudge:
     self.counts = [int(c) for c in (counts if counts is not None else [1] * len(self.names))]
 
   @classmethod
-  def fit(cls, images, labels, styles, names=STYLES) -> "StyleJudge":
+  def fit(cls, images, labels, styles, names=STYLES) -> StyleJudge:
     f, styles = features(images, labels), np.asarray(styles)
     cents = np.full((len(names), f.shape[1]), np.nan)
     counts = np.bincount(styles, minlength=len(names))
@@ -91,7 +91,8 @@ class StyleJudge:
 
   def describe(self) -> dict:
     return {name: {"train_images": n, "centroid_rgb": {"sky": None if np.isnan(c[0]) else [round(v, 1) for v in c[:3]],
-                                                       "other": None if np.isnan(c[0]) else [round(v, 1) for v in c[3:]]}}
+                                                       "other": None if np.isnan(c[0])
+                                                       else [round(v, 1) for v in c[3:]]}}
             for name, n, c in zip(self.names, self.counts, self.centroids.tolist())}
 
 
@@ -157,7 +158,7 @@ def read_styles(data_cfg, split: str) -> np.ndarray:
 
   Raises ValueError naming the file when the data set has no style record (not made by spade_jax.data.demo, or
   by a version before styles were recorded) or a file is missing from it."""
-  from spade_jax.data.sources import build_source, custom_dirs  # noqa: PLC0415
+  from spade_jax.data.sources import build_source, custom_dirs
   image_dir = custom_dirs(data_cfg, split)[0]
   path = Path(image_dir).parent / STYLES_FILE
   try:
@@ -176,7 +177,7 @@ def read_styles(data_cfg, split: str) -> np.ndarray:
 
 def build_judge(data_cfg) -> StyleJudge:
   """The judge fitted on the REAL training images of the demo data set `data_cfg` (see the module docstring)."""
-  from spade_jax.evaluation.demo_segmenter import load_split  # noqa: PLC0415
+  from spade_jax.evaluation.demo_segmenter import load_split
   styles = read_styles(data_cfg, "train")
   images, labels = load_split(data_cfg, "train")
   return StyleJudge.fit(images, labels, styles)

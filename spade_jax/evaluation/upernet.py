@@ -30,7 +30,7 @@ returns class ids at 256x256. Labels: `ade20k_label_to_eval_id` maps the pipelin
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -249,8 +249,8 @@ def load_upernet(paths: Sequence | None = None, *, model: UperNet101 | None = No
   """(UperNet101(), variables) from `paths` = (encoder_epoch_50.pth, decoder_epoch_50.pth), or from the cached /
   downloaded official files. Offline with nothing cached: `spade_jax.weights.download.WeightsUnavailableError`
   naming the URL and the path to put the file at."""
-  from spade_jax.weights.download import fetch  # noqa: PLC0415
-  from spade_jax.weights.pth import load_state_dict  # noqa: PLC0415
+  from spade_jax.weights.download import fetch
+  from spade_jax.weights.pth import load_state_dict
   if paths is None:
     paths = [fetch(name, progress=progress) for name in WEIGHTS]
   enc, dec = paths

@@ -6,7 +6,7 @@ the official SPADE checkpoints depends on these details (see docs/spade_referenc
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -11,6 +11,6 @@ __all__ = ["PainterServer", "BadRequest"]
 
 def __getattr__(name):
   if name in __all__:
-    from spade_jax.serve import server  # noqa: PLC0415
+    from spade_jax.serve import server
     return getattr(server, name)
   raise AttributeError(f"module 'spade_jax.serve' has no attribute {name!r}")

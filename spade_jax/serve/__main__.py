@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 log = logging.getLogger("spade_jax.serve")
 
@@ -34,8 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   a = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  import spade_jax  # noqa: PLC0415 -- after argument errors, which need no JAX
-  from spade_jax.serve.server import PainterServer  # noqa: PLC0415
+  import spade_jax
+  from spade_jax.serve.server import PainterServer
   try:
     model = spade_jax.load(a.checkpoint, a.step)
   except (FileNotFoundError, ValueError) as e:

@@ -29,7 +29,8 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -237,7 +238,7 @@ class Batcher:
       images = self.generate(ids, z)
       for j, image in zip(jobs, images):
         j.image = image
-    except Exception as e:  # noqa: BLE001 -- handed to the waiting request threads
+    except Exception as e:
       log.exception("synthesis failed")
       for j in jobs:
         j.error = e
@@ -296,7 +297,7 @@ class PainterServer:
       h, w = self.model.image_size
       self.model.encode_style(np.zeros((h, w, 3), np.uint8))
 
-  def start(self) -> "PainterServer":
+  def start(self) -> PainterServer:
     """Serves in a background thread (returns at once)."""
     self.batcher.start()
     self._thread = threading.Thread(target=self.httpd.serve_forever, name="spade-painter", daemon=True)
@@ -336,7 +337,7 @@ class PainterServer:
       note = "Upload a photo to copy its style, or re-roll a random one."
     return {
         "image_size": [h, w], "width": w, "height": h,
-        "classes": [{"id": i, "name": n, "color": "#%02x%02x%02x" % tuple(int(v) for v in m.palette[i])}
+        "classes": [{"id": i, "name": n, "color": "#" + "".join(f"{int(v):02x}" for v in m.palette[i])}
                     for i, n in enumerate(self.class_names)],
         "use_vae": m.use_vae, "has_encoder": m.has_encoder, "instance_edges": not m.no_instance,
         "step": m.step, "source": m.source, "weights": getattr(m, "weights", "live"), "model": repr(m),
@@ -459,7 +460,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _json(self, status: int, obj: dict) -> None:
     self._send(status, json.dumps(obj).encode(), "application/json")
 
-  def do_GET(self):  # noqa: N802
+  def do_GET(self):
     path = urllib.parse.urlsplit(self.path).path
     if path == "/api/info":
       return self._json(200, self.app.info())
@@ -472,7 +473,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   do_HEAD = do_GET
 
-  def do_POST(self):  # noqa: N802
+  def do_POST(self):
     path = urllib.parse.urlsplit(self.path).path
     try:
       route = self.app.routes().get(path)
@@ -482,7 +483,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self._json(200, route(body))
     except BadRequest as e:
       self._json(e.status, {"error": e.message})
-    except Exception as e:  # noqa: BLE001 -- the page shows it instead of a dropped connection
+    except Exception as e:
       log.exception("POST %s failed", path)
       self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
 

@@ -24,13 +24,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from spade_jax.checkpoints import (CONFIG, DATA_ITER, STATE, absolute, checkpoint_dir, item_handlers, read_config,
-                                   read_config_dir, resolve_step, restore_subtrees)
+from spade_jax.checkpoints import (
+  CONFIG,
+  DATA_ITER,
+  STATE,
+  absolute,
+  checkpoint_dir,
+  item_handlers,
+  read_config,
+  read_config_dir,
+  resolve_step,
+  restore_subtrees,
+)
 
 __all__ = ["Checkpointer", "PreemptionGuard", "is_finite_tree", "checkpoint_dir", "read_config_dir",
            "restore_subtrees"]
 
-logger = logging.getLogger('spade_jax.training')
+logger = logging.getLogger("spade_jax.training")
 
 
 def is_finite_tree(tree) -> bool:
@@ -43,7 +53,7 @@ def is_finite_tree(tree) -> bool:
   for x in jax.tree.leaves(tree):
     if isinstance(x, (float, complex)):
       flags.append(np.isfinite(x))
-    elif hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact):
+    elif hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact):
       if isinstance(x, jax.Array):
         arrays.append(x)
       else:
@@ -87,10 +97,10 @@ class Checkpointer:
     """
     step = int(step)
     if not is_finite_tree(state):
-      raise ValueError(f'refusing to save checkpoint at step {step}: the state has NaN/Inf values '
-                       f'(the previous checkpoints in {self.directory} are kept)')
+      raise ValueError(f"refusing to save checkpoint at step {step}: the state has NaN/Inf values "
+                       f"(the previous checkpoints in {self.directory} are kept)")
     if step in self._mngr.all_steps():
-      logger.info('checkpoint for step %d already exists in %s; not saving it again', step, self.directory)
+      logger.info("checkpoint for step %d already exists in %s; not saving it again", step, self.directory)
       return
     args = {STATE: ocp.args.StandardSave(state)}
     if data_iter is not None:
@@ -113,14 +123,14 @@ class Checkpointer:
       if self.has_data_iter(step):
         args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
       else:
-        logger.warning('checkpoint %s/%d has no data iterator state for %d processes; the iterator is left as is',
+        logger.warning("checkpoint %s/%d has no data iterator state for %d processes; the iterator is left as is",
                        self.directory, step, jax.process_count())
     return self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
 
   def has_data_iter(self, step: int) -> bool:
     """Whether `step` holds this process's iterator position: grain writes one file per process
     (process_<i>-of-<n>.json), so a checkpoint written by another number of processes has none for this run."""
-    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     return (epath.Path(self._mngr.directory) / str(int(step)) / DATA_ITER / name).exists()
 
   def read_config(self, step: int | None = None) -> dict:
@@ -165,7 +175,7 @@ class PreemptionGuard:
     del frame
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    logger.warning('received signal %d: will checkpoint and stop after this step', signum)
+    logger.warning("received signal %d: will checkpoint and stop after this step", signum)
     self.requested = True
 
   def __enter__(self):
@@ -180,7 +190,7 @@ class PreemptionGuard:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
       try:
         return self.requested or multihost_utils.reached_preemption_sync_point(int(step))
       except RuntimeError:  # preemption service disabled

@@ -36,7 +36,7 @@ def _total_steps(config, spe: int) -> int:
 def _load_vgg(config):
   if config.loss.lambda_vgg <= 0:
     return None
-  from spade_jax.weights.vgg19 import load_vgg19  # noqa: PLC0415 (only when the loss is on)
+  from spade_jax.weights.vgg19 import load_vgg19
   try:
     return load_vgg19(config.loss.vgg_weights or None)
   except Exception as e:
@@ -103,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- mesh and data ----
   if config.data.demo_generate:
-    from spade_jax.data import demo  # noqa: PLC0415
+    from spade_jax.data import demo
     with parallel.main_process_first("demo data"):  # not N processes writing the same files at once
       demo.generate(config.data.root, config.data.demo_num_train, config.data.demo_num_val,
                     size=config.data.crop_size, seed=config.seed)
@@ -239,7 +239,7 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
   e = config.eval
   if e.every_steps == 0:
     return None
-  from spade_jax.evaluation import runner  # noqa: PLC0415
+  from spade_jax.evaluation import runner
   n = mesh.devices.size
   bs = -(-int(e.batch_size) // n) * n
   with parallel.main_process_first("evaluator"):  # process 0 trains / downloads and caches, the others load
@@ -274,7 +274,7 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
     try:
       with jax.set_mesh(mesh):
         report, grid = evaluator(synthesize, step)
-    except Exception:  # noqa: BLE001 (never lose a training run to its evaluation)
+    except Exception:
       logging.exception("evaluation at step %d failed; evaluation is off for the rest of this run", step)
       disabled.append(step)
       return time.time() - t0

@@ -47,7 +47,7 @@ class StepSpec:
   ema_start: int              # steps before which the EMA just copies the weights
 
   @classmethod
-  def from_config(cls, config, axis_name: str | None = None) -> "StepSpec":
+  def from_config(cls, config, axis_name: str | None = None) -> StepSpec:
     l, t = config.loss, config.train
     accum, decay = int(t.grad_accum), float(t.ema_decay)
     if accum < 1:

@@ -16,7 +16,7 @@ report a wrong or truncated file in its own key names and torch shapes.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

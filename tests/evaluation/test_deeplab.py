@@ -8,13 +8,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spade_jax.evaluation import deeplab  # noqa: E402
-from spade_jax.evaluation.deeplab import (COCO_STUFF_CLASSES, NUM_CLASSES, DeepLabV2MSC, convert_deeplab,  # noqa: E402
-                                          cocostuff_label_to_eval_id, load_deeplab, max_pool_ceil,
-                                          resize_scale_factor, segment_cocostuff)
-from spade_jax.weights import download  # noqa: E402
-from tests.evaluation.torch_refs_seg import (TorchDeepLabV2, TorchMSC, deeplab_predict, num_params,  # noqa: E402
-                                             randomize_seg)
+from spade_jax.evaluation import deeplab
+from spade_jax.evaluation.deeplab import (
+  COCO_STUFF_CLASSES,
+  NUM_CLASSES,
+  DeepLabV2MSC,
+  cocostuff_label_to_eval_id,
+  convert_deeplab,
+  load_deeplab,
+  max_pool_ceil,
+  resize_scale_factor,
+  segment_cocostuff,
+)
+from spade_jax.weights import download
+from tests.evaluation.torch_refs_seg import TorchDeepLabV2, TorchMSC, deeplab_predict, num_params, randomize_seg
 
 SMALL = (1, 1, 2, 1)
 TRUNK_PARAMS, ASPP_PARAMS = 42_500_160, 13_419_224  # trunk = torchvision ResNet-101 without fc
@@ -87,7 +94,7 @@ def test_full_depth_layout_and_parameter_count():
           "base.layer5.block3.conv3x3.conv.weight", "base.aspp.c0.weight", "base.aspp.c3.bias"} <= set(sd)
   assert num_params(sd) == TRUNK_PARAMS + ASPP_PARAMS == 55_919_384
   variables = convert_deeplab({k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in sd.items()})
-  count = lambda t: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(t))  # noqa: E731
+  count = lambda t: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(t))
   assert count(variables["params"]["base"]["aspp"]) == ASPP_PARAMS
   single = DeepLabV2MSC(scales=())  # the MSC scales share the base's variables
   shapes = jax.eval_shape(lambda: single.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32)))

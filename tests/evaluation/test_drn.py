@@ -4,9 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spade_jax.evaluation.drn import (CITYSCAPES_TRAIN_CLASSES, cityscapes_label_to_train_id,  # noqa: E402
-                                      load_drn_seg)
-from tests.evaluation.torch_refs import TorchDRNSeg, randomize  # noqa: E402
+from spade_jax.evaluation.drn import CITYSCAPES_TRAIN_CLASSES, cityscapes_label_to_train_id, load_drn_seg
+from tests.evaluation.torch_refs import TorchDRNSeg, randomize
 
 
 def test_drn_d_105_logits_match_torch(tmp_path):
@@ -48,6 +47,7 @@ def test_cityscapes_label_ids_to_train_ids():
 
 def test_bilinear_up_matches_conv_transpose_with_arbitrary_kernel():
   import jax.numpy as jnp
+
   from spade_jax.evaluation.drn import BilinearUp
   rng = np.random.default_rng(1)
   w = rng.standard_normal((3, 1, 16, 16)).astype(np.float32)  # not the bilinear kernel: every tap must be right

@@ -5,10 +5,10 @@ from scipy import linalg
 
 torch = pytest.importorskip("torch")
 
-from spade_jax.evaluation import fid as fid_lib  # noqa: E402
-from spade_jax.evaluation.inception import FIDInceptionV3, convert_fid_inception, load_fid_inception  # noqa: E402
-from spade_jax.weights import download  # noqa: E402
-from tests.evaluation.torch_refs import TorchFIDInception, randomize  # noqa: E402
+from spade_jax.evaluation import fid as fid_lib
+from spade_jax.evaluation.inception import FIDInceptionV3, convert_fid_inception, load_fid_inception
+from spade_jax.weights import download
+from tests.evaluation.torch_refs import TorchFIDInception, randomize
 
 
 def _reference_fid(mu1, s1, mu2, s2, eps=1e-6):

@@ -9,13 +9,21 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from spade_jax.evaluation import upernet  # noqa: E402
-from spade_jax.evaluation.upernet import (  # noqa: E402
-    ADE20K_CLASSES, NUM_CLASSES, UperNet101, ade20k_label_to_eval_id, convert_upernet, load_upernet, normalize,
-    pil_bilinear_resize, scale_sizes, segment_ade20k)
-from spade_jax.weights import download  # noqa: E402
-from tests.evaluation.torch_refs_seg import (MITResnetEncoder, MITUPerNet, mit_semseg_predict, num_params,  # noqa: E402
-                                             randomize_seg)
+from spade_jax.evaluation import upernet
+from spade_jax.evaluation.upernet import (
+  ADE20K_CLASSES,
+  NUM_CLASSES,
+  UperNet101,
+  ade20k_label_to_eval_id,
+  convert_upernet,
+  load_upernet,
+  normalize,
+  pil_bilinear_resize,
+  scale_sizes,
+  segment_ade20k,
+)
+from spade_jax.weights import download
+from tests.evaluation.torch_refs_seg import MITResnetEncoder, MITUPerNet, mit_semseg_predict, num_params, randomize_seg
 
 SMALL = (1, 1, 2, 1)  # reduced depth (and fpn_dim 128) for the fast numerical tests
 SMALL_FPN = 128
@@ -97,9 +105,9 @@ def test_full_depth_layout_and_parameter_count():
   assert {"ppm_conv.3.1.running_mean", "ppm_last_conv.0.weight", "fpn_in.2.0.weight", "fpn_out.0.0.1.bias",
           "conv_last.0.0.weight", "conv_last.1.bias"} <= set(dsd)
   assert (num_params(esd), num_params(dsd)) == (ENCODER_PARAMS, DECODER_PARAMS)
-  zeros = lambda sd: {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in sd.items()}  # noqa: E731
+  zeros = lambda sd: {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in sd.items()}
   variables = convert_upernet(zeros(esd), zeros(dsd))
-  count = lambda t: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(t))  # noqa: E731
+  count = lambda t: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(t))
   assert count(variables["params"]["encoder"]) == ENCODER_PARAMS
   assert count(variables["params"]["decoder"]) == DECODER_PARAMS
   shapes = jax.eval_shape(lambda: UperNet101().init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32)))

@@ -91,7 +91,7 @@ class MITUPerNet(nn.Module):
     self.conv_last = nn.Sequential(_conv3x3_bn_relu(len(fpn_inplanes) * fpn_dim, fpn_dim),
                                    nn.Conv2d(fpn_dim, num_class, kernel_size=1))
 
-  def forward(self, conv_out, segSize=None):  # noqa: N803 (mit-semseg's name)
+  def forward(self, conv_out, segSize=None):
     """segSize None: raw logits at 1/4 resolution; else softmax of the logits upsampled to segSize (inference)."""
     conv5 = conv_out[-1]
     size = conv5.shape[2:]

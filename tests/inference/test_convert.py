@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spade_jax import convert  # noqa: E402
-from spade_jax.inference import load  # noqa: E402
-from spade_jax.models import build_discriminator  # noqa: E402
-from spade_jax.checkpoints import read_config_dir, restore_subtrees  # noqa: E402
-from spade_jax.weights.official import ConversionError  # noqa: E402
-from tests.inference import util  # noqa: E402
-from tests.parity import nchw, nhwc  # noqa: E402
+from spade_jax import convert
+from spade_jax.checkpoints import read_config_dir, restore_subtrees
+from spade_jax.inference import load
+from spade_jax.models import build_discriminator
+from spade_jax.weights.official import ConversionError
+from tests.inference import util
+from tests.parity import nchw, nhwc
 
 TOL = 1e-4
 
@@ -90,7 +90,8 @@ def test_discriminator_parity_through_checkpoint(tmp_path):
   s = 7
   t = util.torch_generator(s, 4, "normal", 32, steps=1)
   d = util.torch_discriminator(s + 3, ndf=8)
-  convert.main([f"--generator={util.save(t, tmp_path / 'G.pth')}", f"--discriminator={util.save(d, tmp_path / 'D.pth')}",
+  convert.main([f"--generator={util.save(t, tmp_path / 'G.pth')}",
+                f"--discriminator={util.save(d, tmp_path / 'D.pth')}",
                 "--preset=custom", "--crop_size=32", "--out", str(tmp_path / "run")])
   trees = restore_subtrees(tmp_path / "run" / "checkpoints", ("g", "d"), 0)
   assert sorted(trees) == ["d", "g"]
@@ -140,7 +141,8 @@ def test_old_spectral_norm_format(tmp_path):
   import ml_collections
   config = ml_collections.ConfigDict(read_config_dir(tmp_path / "run" / "checkpoints"))
   x = rng.normal(size=(1, 64, 64, s + 3)).astype(np.float32)
-  ours_d = jax.jit(build_discriminator(config).apply)(restore_subtrees(tmp_path / "run" / "checkpoints", ("d",))["d"], x)
+  d_vars = restore_subtrees(tmp_path / "run" / "checkpoints", ("d",))["d"]
+  ours_d = jax.jit(build_discriminator(config).apply)(d_vars, x)
   with torch.no_grad():
     theirs_d = d2(nchw(x))
   assert np.abs(np.asarray(ours_d[1][-1]) - nhwc(theirs_d[1][-1])).max() <= TOL
@@ -225,6 +227,7 @@ def test_truncated_file_and_existing_output(coco_like, tmp_path):
 def test_checkpoint_layout_matches_training(coco_like, tmp_path):
   """state = {'step': 0, 'g', 'd'} with init's collections and shapes; config = a full config dict."""
   import ml_collections
+
   from spade_jax.models import build_generator
   from spade_jax.weights.official import check_variables
   r = _convert(generator=coco_like["G"], discriminator=coco_like["D"], out=tmp_path / "run")

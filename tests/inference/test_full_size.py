@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import spade_jax  # noqa: E402
-from spade_jax import convert  # noqa: E402
-from tests.inference import util  # noqa: E402
+import spade_jax
+from spade_jax import convert
+from tests.inference import util
 
 
 @pytest.mark.slow

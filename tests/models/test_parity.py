@@ -6,12 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests import torch_reference as ref  # noqa: E402
-from tests.parity import assert_close, nchw, nhwc, variables_from  # noqa: E402
-from spade_jax import losses  # noqa: E402
-from spade_jax.models import (  # noqa: E402
-    SPADE, ConvEncoder, MultiscaleDiscriminator, SPADEGenerator, SPADEResnetBlock)
-from spade_jax.models.layers import Conv2d  # noqa: E402
+from spade_jax import losses
+from spade_jax.models import SPADE, ConvEncoder, MultiscaleDiscriminator, SPADEGenerator, SPADEResnetBlock
+from spade_jax.models.layers import Conv2d
+from tests import torch_reference as ref
+from tests.parity import assert_close, nchw, nhwc, variables_from
 
 torch.manual_seed(0)
 MUTABLE = ["batch_stats", "spectral"]
@@ -53,8 +52,6 @@ def test_spectral_conv(train):
   ref.train_steps_(conv, torch.randn(2, 5, 9, 9), n=3)  # non-trivial u, v
   x = np.random.default_rng(0).normal(size=(2, 9, 9, 5)).astype(np.float32)
   variables = variables_from(conv, "G")  # plain key names: weight_orig/u/v/bias at the top level
-  variables = jax.tree.map(lambda a: a, {c: v for c, v in variables.items()})
-  flat = {c: {"": v} for c, v in variables.items()}  # noqa: F841  (kept simple below)
   mod = Conv2d(7, 3, stride=2, padding=1, spectral=True)
   conv.train(train)
   with torch.no_grad():

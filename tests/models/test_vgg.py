@@ -5,12 +5,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests import torch_reference as ref  # noqa: E402
-from tests.parity import assert_close, nchw, nhwc  # noqa: E402
-from spade_jax import losses  # noqa: E402
-from spade_jax.models import VGG19  # noqa: E402
-from spade_jax.weights import download  # noqa: E402
-from spade_jax.weights.vgg19 import load_vgg19  # noqa: E402
+from spade_jax import losses
+from spade_jax.models import VGG19
+from spade_jax.weights import download
+from spade_jax.weights.vgg19 import load_vgg19
+from tests import torch_reference as ref
+from tests.parity import assert_close, nchw, nhwc
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import pytest
 from spade_jax.training import checkpoint as ckpt_lib
 from spade_jax.training.writer import read_metrics
 from tests.conftest import REPO
-from tests.training.test_train_e2e import _env as _train_env, _overrides as _train_overrides
+from tests.training.test_train_e2e import _env as _train_env
+from tests.training.test_train_e2e import _overrides as _train_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -75,7 +75,7 @@ def test_paint_a_stroke_and_upload_a_style(browser, server, tmp_path):
   page.select_option("#brush-size", "8")
   box = page.locator("#canvas").bounding_box()
   scale = box["width"] / SIZE
-  at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)  # noqa: E731
+  at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)
   page.mouse.move(*at(8, 16))
   page.mouse.down()
   for x in range(8, 41, 2):

@@ -17,11 +17,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spade_jax.training.step import StepSpec, g_trainable, train_step  # noqa: E402
-from spade_jax.weights.vgg19 import vgg19_params  # noqa: E402
-from tests import torch_reference as ref  # noqa: E402
-from tests.parity import nchw, state_dict_np, variables_from  # noqa: E402
-from tests.training.tiny import random_batch, tiny_config  # noqa: E402
+from spade_jax.training.step import StepSpec, g_trainable, train_step
+from spade_jax.weights.vgg19 import vgg19_params
+from tests import torch_reference as ref
+from tests.parity import nchw, state_dict_np, variables_from
+from tests.training.tiny import random_batch, tiny_config
 
 LR = 0.5
 

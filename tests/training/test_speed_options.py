@@ -9,8 +9,8 @@ import pytest
 
 from spade_jax import parallel
 from spade_jax.models import SPADEResnetBlock
-from spade_jax.semantics import make_semantics
 from spade_jax.networks import synthesis_variables
+from spade_jax.semantics import make_semantics
 from spade_jax.training.state import create_train_state
 from spade_jax.training.step import StepSpec, ema_update
 from tests.training.tiny import random_batch, tiny_config

@@ -145,9 +145,10 @@ def test_missing_vgg_weights_say_how_to_disable_the_loss(tmp_path):
 
 def test_demo_checkpoint_synthesis_api_and_cli(tmp_path, monkeypatch):
   """A trained demo checkpoint (VAE) feeds the notebook API and the synthesis command."""
+  from PIL import Image
+
   import spade_jax
   from spade_jax import synthesize as synth_cli
-  from PIL import Image
   work, data = tmp_path / "w", tmp_path / "data"
   config = _config(data, steps=2, every=2)
   # periodic evaluation on the training mesh (8 devices), at step 1 and at the end: the demo segmenter's mIoU
