@@ -34,7 +34,8 @@ def random_inputs(config, batch, seed=0):
   d = config.data
   h, w = output_size(d.crop_size, d.aspect_ratio, config.model.num_upsampling_layers)
   rng = np.random.default_rng(seed)
-  nc = d.label_nc + int(d.contain_dontcare_label)
+  from spade_jax.semantics import label_channels
+  nc = label_channels(d)
   label = rng.integers(0, nc, (batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(np.int32)
   image = rng.uniform(-1, 1, (batch, h, w, 3)).astype(np.float32)
   return label, image

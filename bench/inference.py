@@ -45,7 +45,8 @@ def main(argv=None):
   s = semantic_nc(d)
   z = jnp.zeros((1, G.z_dim)) if m.use_vae else None
   variables = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, h, w, s)), z)
-  nc = d.label_nc + int(d.contain_dontcare_label)
+  from spade_jax.semantics import label_channels
+  nc = label_channels(d)
   print(f"{args.preset}: ngf {m.ngf}, semantic_nc {s}, {h}x{w}, {m.num_upsampling_layers}, "
         f"{count_params(variables):,} G parameters, fp32, eval mode")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)), "

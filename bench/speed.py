@@ -126,7 +126,8 @@ def main(argv=None):
     dense = copy.deepcopy(config)  # the model-FLOPs reference: float32 math counts the same, dense convs, no remat
     config.model.update(dtype=args.dtype, remat_G=args.remat, remat_D=args.remat, spade_label_conv=args.label_conv)
     d = config.data
-    nc = d.label_nc + int(d.contain_dontcare_label)
+    from spade_jax.semantics import label_channels
+    nc = label_channels(d)
     rng = np.random.default_rng(0)
 
     if "train" in args.what:

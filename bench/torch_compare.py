@@ -46,7 +46,8 @@ def torch_iteration_seconds(config, batch, steps, threads):
   opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.9))
   opt_d = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.9))
   rng = np.random.default_rng(0)
-  nc = d.label_nc + int(d.contain_dontcare_label)
+  from spade_jax.semantics import label_channels
+  nc = label_channels(d)
   label = torch.from_numpy(rng.integers(0, nc, (batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2))
   sem = torch.nn.functional.one_hot(label, s).permute(0, 3, 1, 2).float()  # (the edge channel, if any, stays 0)
   real = torch.rand(batch, 3, h, w) * 2 - 1
@@ -166,7 +167,8 @@ def main(argv=None):
   state, setup = create_train_state(config, mesh)
   h, w = setup.spec.nets.image_size
   rng = np.random.default_rng(0)
-  nc = config.data.label_nc + int(config.data.contain_dontcare_label)
+  from spade_jax.semantics import label_channels
+  nc = label_channels(config.data)
   local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
            "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(np.int32)}
   with jax.set_mesh(mesh):

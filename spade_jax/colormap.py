@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spade_jax.semantics import label_channels
+
 # Cityscapes label ids 0..33 (cityscapesScripts labels.py) plus 'license plate' (id -1 there), kept at index 34
 # because SPADE's 35-entry table gives it a colour.
 CITYSCAPES_NAMES = (
@@ -132,7 +134,7 @@ def names_for(dataset: str, n: int) -> list[str]:
 def for_data(data_cfg) -> tuple[list[str], np.ndarray]:
   """(class names, uint8 [n, 3] palette) for a config's `data`: the data set's tables, or for the generated demo
   landscapes (`data.demo_generate`, a 'custom' data set) their class names and colours."""
-  n = data_cfg.label_nc + int(data_cfg.contain_dontcare_label)
+  n = label_channels(data_cfg)
   if data_cfg.demo_generate:
     from spade_jax.data import demo
     if n == demo.NUM_CLASSES:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from spade_jax.checkpoints import resolve_checkpoint
 from spade_jax.images import tensor2im
-from spade_jax.semantics import make_semantics
+from spade_jax.semantics import label_channels, make_semantics
 
 __all__ = ["load", "Synthesizer", "resolve_checkpoint", "tensor2im"]
 
@@ -104,7 +104,7 @@ class Synthesizer:
     self.step, self.source, self.weights = step, source, weights
     d, m = config.data, config.model
     self.label_nc, self.contain_dontcare_label, self.no_instance = d.label_nc, d.contain_dontcare_label, d.no_instance
-    self.num_classes = d.label_nc + int(d.contain_dontcare_label)
+    self.num_classes = label_channels(d)
     self.dataset = d.dataset
     self.image_size = tuple(output_size(d.crop_size, d.aspect_ratio, m.num_upsampling_layers))
     self.class_names, self.palette = colormap.for_data(d)

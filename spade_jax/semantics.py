@@ -13,6 +13,16 @@ def num_label_channels(label_nc: int, contain_dontcare_label: bool) -> int:
   return label_nc + int(contain_dontcare_label)
 
 
+def label_channels(data_cfg) -> int:
+  """One-hot channels of a config's label maps: the classes plus the don't-care slot."""
+  return num_label_channels(data_cfg.label_nc, data_cfg.contain_dontcare_label)
+
+
+def semantic_channels(data_cfg) -> int:
+  """The generator's input channels: the one-hot labels plus the instance-edge channel."""
+  return label_channels(data_cfg) + int(not data_cfg.no_instance)
+
+
 def check_label_range(label, label_nc: int, contain_dontcare_label: bool, source: str | None = None) -> None:
   """Host-side check; the official code dies with a CUDA 'index out of bounds' assert on a bad id."""
   label = np.asarray(label)

@@ -9,6 +9,7 @@ from typing import Any
 
 from spade_jax import config as spade_config
 from spade_jax.convert.opt_txt import opt_to_overrides
+from spade_jax.semantics import semantic_channels
 from spade_jax.weights.official import ConversionError
 
 PRESETS = ("coco_stuff", "ade20k", "cityscapes", "custom")
@@ -67,7 +68,7 @@ def _guess_presets(semantic_nc: int) -> list[str]:
   out = []
   for name in ("coco_stuff", "ade20k", "cityscapes"):
     d = load_preset(name).data
-    if d.label_nc + int(d.contain_dontcare_label) + int(not d.no_instance) == semantic_nc:
+    if semantic_channels(d) == semantic_nc:
       out.append(name)
   return out
 

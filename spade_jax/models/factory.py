@@ -8,11 +8,12 @@ import numpy as np
 from spade_jax.models.discriminator import MultiscaleDiscriminator
 from spade_jax.models.encoder import ConvEncoder
 from spade_jax.models.generator import SPADEGenerator
+from spade_jax.semantics import label_channels, semantic_channels
 
 
 def semantic_nc(data_cfg) -> int:
   """One-hot channels + don't-care channel + instance-edge channel (the official `semantic_nc`)."""
-  return data_cfg.label_nc + int(data_cfg.contain_dontcare_label) + int(not data_cfg.no_instance)
+  return semantic_channels(data_cfg)
 
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: the float32 default, no casts
@@ -33,7 +34,7 @@ def spade_label_channels(config) -> int:
   kind = str(config.model.spade_label_conv)
   if kind not in LABEL_CONVS:
     raise ValueError(f"config.model.spade_label_conv must be one of {LABEL_CONVS}, got {kind!r}")
-  return config.data.label_nc + int(config.data.contain_dontcare_label) if kind == "gather" else 0
+  return label_channels(config.data) if kind == "gather" else 0
 
 
 def build_generator(config, axis_name: str | None = None) -> SPADEGenerator:
