@@ -274,7 +274,8 @@ class ConvEncoder(nn.Module):
   InstanceNorm rejects); use input_size=128 for tiny tests.
   """
 
-  def __init__(self, ngf: int = 64, crop_size: int = 256, input_size: int = 256, spectral: bool = True):
+  def __init__(self, ngf: int = 64, crop_size: int = 256, input_size: int = 256, spectral: bool = True,
+               norm: str = "instance"):
     super().__init__()
     if input_size % 64 != 0 or input_size < 128:
       # six stride-2 convs: input_size//64 must be the final map size, and torch's InstanceNorm refuses a
@@ -284,9 +285,9 @@ class ConvEncoder(nn.Module):
     self.input_size = input_size
     kw, pw = 3, 1
 
-    def layer(cin, cout):
-      conv = _maybe_sn(nn.Conv2d(cin, cout, kw, stride=2, padding=pw, bias=False), spectral)
-      return nn.Sequential(conv, nn.InstanceNorm2d(cout, affine=False))
+    def layer(cin, cout):  # norm_E 'spectralinstance' (no conv bias) or 'spectral' (bias, no norm)
+      conv = _maybe_sn(nn.Conv2d(cin, cout, kw, stride=2, padding=pw, bias=norm == "none"), spectral)
+      return nn.Sequential(conv, nn.InstanceNorm2d(cout, affine=False) if norm == "instance" else nn.Identity())
 
     self.layer1 = layer(3, ndf)
     self.layer2 = layer(ndf, ndf * 2)

@@ -145,7 +145,7 @@ def resolve_options(g_info, d_info=None, e_info=None, *, preset=None, opt=None, 
                             f"the generator's ngf ({g_info['model.ngf']}): the files are from different runs")
     if e_info["input_nc"] != 3:
       raise ConversionError(f"the encoder's layer1 takes {e_info['input_nc']} channels, expected 3 (RGB)")
-    for key in ("model.encoder_input_size", "model.spectral_E"):
+    for key in ("model.encoder_input_size", "model.spectral_E", "model.encoder_norm"):
       _from_weights(opts, key, e_info[key], "encoder")
   return opts
 

@@ -99,4 +99,6 @@ def infer_encoder(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
   s = math.isqrt(cells)
   if s * s * c6 != mu[1]:
     raise ConversionError(f"{what}: fc_mu.weight {list(mu)} does not take a square {c6}-channel map")
-  return {"ndf": int(ndf), "model.encoder_input_size": 64 * s, "model.spectral_E": spectral, "input_nc": int(cin)}
+  norm = "none" if "layer1.0.bias" in sd else "instance"  # the official code drops the bias under a norm layer
+  return {"ndf": int(ndf), "model.encoder_input_size": 64 * s, "model.spectral_E": spectral,
+          "model.encoder_norm": norm, "input_nc": int(cin)}

@@ -16,10 +16,14 @@ class ConvEncoder(nn.Module):
   antialias), flattened into fc_mu / fc_var. `ndf` is the official `ngf` (the encoder reuses it).
 
   `input_size` other than 256 is our extension for small models; the official encoder always resizes to 256.
+  `norm` is the official norm_E's sub-norm: 'instance' (default 'spectralinstance': the convs have no bias) or
+  'none' ('spectral': convs with bias, no normalisation). Instance norm takes each feature's mean over the image
+  away, and with it most of an image's global colour.
   """
   ndf: int = 64
   input_size: int = 256
   spectral: bool = True
+  norm: str = "instance"
   dtype: Any = None  # compute dtype; parameters, instance-norm statistics and spectral norm stay float32
 
   @nn.compact
@@ -30,13 +34,18 @@ class ConvEncoder(nn.Module):
     if s % 64 or s < 128:
       # Six stride-2 convs leave an (s/64)^2 map; at 1x1 instance norm would zero every feature.
       raise ValueError(f"encoder input_size must be a multiple of 64 and >= 128, got {s}")
+    if self.norm not in ("instance", "none"):
+      raise ValueError(f"encoder norm must be 'instance' or 'none' (official norm_E 'spectralinstance' or "
+                       f"'spectral'), got {self.norm!r}")
     if x.shape[1:3] != (s, s):
       x = bilinear_resize(x, (s, s))
     for i, mult in enumerate((1, 2, 4, 8, 8, 8), start=1):
       if i > 1:
         x = leaky_relu(x)
-      x = Conv2d(mult * self.ndf, 3, 2, 1, use_bias=False, spectral=self.spectral, name=f"layer{i}")(x, train)
-      x = instance_norm(x)
+      instance = self.norm == "instance"  # the official code drops the conv bias under a norm layer
+      x = Conv2d(mult * self.ndf, 3, 2, 1, use_bias=not instance, spectral=self.spectral, name=f"layer{i}")(x, train)
+      if instance:
+        x = instance_norm(x)
     x = leaky_relu(x).reshape(x.shape[0], -1)  # NHWC flatten; the converter permutes torch's NCHW rows
     return Dense(LATENT, name="fc_mu")(x), Dense(LATENT, name="fc_var")(x)
 

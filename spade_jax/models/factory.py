@@ -54,7 +54,8 @@ def build_discriminator(config) -> MultiscaleDiscriminator:
 
 def build_encoder(config) -> ConvEncoder:
   m = config.model
-  return ConvEncoder(ndf=m.ngf, input_size=m.encoder_input_size, spectral=m.spectral_E, dtype=compute_dtype(m))
+  return ConvEncoder(ndf=m.ngf, input_size=m.encoder_input_size, spectral=m.spectral_E, norm=m.encoder_norm,
+                     dtype=compute_dtype(m))
 
 
 def count_params(variables) -> int:

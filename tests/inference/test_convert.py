@@ -253,3 +253,20 @@ def test_opt_txt_parsing(tmp_path):
   over = convert.opt_to_overrides(opt)
   assert over["data.preprocess"] == "fixed" and over["model.param_free_norm"] == "syncbatch"
   assert over["model.spade_kernel"] == 3 and over["model.spectral_G"] is True
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_encoder_norm_from_the_weights(norm, tmp_path):
+  """norm_E 'spectralinstance' (convs without bias) or 'spectral' (bias, no norm): the converter reads which from the
+  weights, and the converted encoder gives torch's mu and logvar."""
+  t = util.torch_generator(6, 4, "normal", 32, use_vae=True, seed=3)
+  e = util.torch_encoder(4, seed=4, norm=norm)
+  convert.main([f"--generator={util.save(t, tmp_path / 'G.pth')}", f"--encoder={util.save(e, tmp_path / 'E.pth')}",
+                "--preset=custom", "--crop_size=32", f"--out={tmp_path / 'run'}"])
+  assert read_config_dir(tmp_path / "run" / "checkpoints", 0)["model"]["encoder_norm"] == norm
+  x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+  mu, logvar = load(tmp_path / "run").encode_style(list(x), 2)
+  with torch.no_grad():
+    tmu, tlogvar = e(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)
+  np.testing.assert_allclose(mu, tmu.numpy(), atol=1e-4)
+  np.testing.assert_allclose(logvar, tlogvar.numpy(), atol=1e-4)

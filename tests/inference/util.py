@@ -61,9 +61,9 @@ def torch_discriminator(input_nc, ndf=8, seed=0, size=64, steps=2):
   return d.eval()
 
 
-def torch_encoder(ngf, input_size=128, seed=0, steps=2):
+def torch_encoder(ngf, input_size=128, seed=0, steps=2, norm="instance"):
   torch.manual_seed(seed)
-  e = ref.ConvEncoder(ngf, crop_size=256, input_size=input_size)
+  e = ref.ConvEncoder(ngf, crop_size=256, input_size=input_size, norm=norm)
   ref.train_steps_(e, torch.rand(2, 3, 96, 96) * 2 - 1, n=steps)
   return e.eval()
 

@@ -163,14 +163,14 @@ def test_discriminator_all_features(train):
     assert_state_equal(t, new, "D")
 
 
-@pytest.mark.parametrize("size", [128, 96])  # 96: the bilinear resize to the encoder's input size
+@pytest.mark.parametrize("size,norm", [(128, "instance"), (96, "instance"), (96, "none")])  # 96: the bilinear resize
 @pytest.mark.parametrize("train", [True, False])
-def test_encoder(size, train):
+def test_encoder(size, norm, train):
   rng = np.random.default_rng(5)
-  t = ref.ConvEncoder(ngf=4, input_size=128)
+  t = ref.ConvEncoder(ngf=4, input_size=128, norm=norm)
   x = rng.uniform(-1, 1, size=(2, size, size, 3)).astype(np.float32)
   ref.train_steps_(t, nchw(x))
-  (mu, logvar), (tmu, tlogvar), new = run_both(t, ConvEncoder(4, input_size=128), "E", [x], train)
+  (mu, logvar), (tmu, tlogvar), new = run_both(t, ConvEncoder(4, input_size=128, norm=norm), "E", [x], train)
   assert_close(mu, tmu.numpy(), what="mu")
   assert_close(logvar, tlogvar.numpy(), what="logvar")
   if train:
