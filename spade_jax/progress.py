@@ -32,8 +32,9 @@ class Progress:
   """
 
   def __init__(self, total_steps: int, *, start_step: int = 0, every_secs: float = 60.0,
-               smoothing_secs: float = 60.0, clock=time.monotonic):
+               smoothing_secs: float = 60.0, clock=time.monotonic, log=None):
     self.total_steps = int(total_steps)
+    self._log = log or (lambda text: logging.info("%s", text))  # where the lines go (default: absl INFO)
     self.every_secs = every_secs
     self.smoothing_secs = smoothing_secs
     self._clock = clock
@@ -82,5 +83,5 @@ class Progress:
       return None
     self._last_log = now
     text = self.line()
-    logging.info("%s", text)
+    self._log(text)
     return text

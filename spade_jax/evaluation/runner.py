@@ -227,7 +227,8 @@ class Evaluator:
     if self.style_judge is not None:
       from spade_jax.evaluation import style as style_lib
       styles = style_lib.StyleScores()
-    progress = Progress(-(-self.num_images // bs), every_secs=10.0, smoothing_secs=20.0)
+    progress = Progress(-(-self.num_images // bs), every_secs=10.0, smoothing_secs=20.0,
+                        log=lambda line: self.log("eval: " + line))
     for i, (first, k, batch) in enumerate(self._batches()):
       labels = np.asarray(batch["label"][:k])
       if labels.shape[1:] != (h, w):
@@ -253,9 +254,7 @@ class Evaluator:
         rows["label"] += list(labels[:m])
         rows["fake"] += list(fake[:m])
         rows["real"] += list(real[:m])
-      line = progress.update(i + 1, images_per_step=bs)
-      if line:
-        self.log("eval: " + line)
+      progress.update(i + 1, images_per_step=bs)
 
     report: dict[str, Any] = {
         "step": step,
