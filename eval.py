@@ -58,15 +58,6 @@ def _log(msg):
   logging.info("%s", msg)
 
 
-def _load_config(path):
-  """get_config() of a config file (the `config_path` of `evaluate`; the command line parses --config itself)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("eval_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
-
-
 def synthesize_fn(syn, seed: int = 0):
   """Evaluator-style synthesis with a Synthesizer: VAE models get z drawn per image index from `seed`, or the
   encoder's mean of `style` images (the demo's style scores)."""
@@ -109,13 +100,14 @@ def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fi
   import jax
 
   import spade_jax.inference
+  from spade_jax import config as spade_config
   from spade_jax import parallel
   from spade_jax.evaluation import runner
   from spade_jax.training.writer import MetricWriter
 
   syn = spade_jax.inference.load(workdir, step, use_ema=use_ema)
   if config is None:
-    config = _load_config(config_path) if config_path else syn.config
+    config = spade_config.from_file(config_path) if config_path else syn.config
   h, w = syn.image_size
   out = pathlib.Path(out or pathlib.Path(workdir) / "eval" / f"step_{syn.step}")
   batch_size = -(-batch_size // jax.process_count()) * jax.process_count()  # equal shares per process

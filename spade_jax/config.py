@@ -10,7 +10,9 @@ checkpoints are completed once, by `from_dict`. The top-level `configs/*.py` fil
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -168,14 +170,14 @@ def _demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.lr = 1e-3
   c.loss.lambda_vgg = 0.0       # no pretrained VGG19 offline: the perceptual loss is disabled explicitly
   c.train.batch_size = 8
-  c.train.num_steps = 320       # ~6 min on a 2-core CPU; samples follow the label maps by then
+  c.train.num_steps = 320       # 3 min 46 s on a 2-core CPU (README, "The demo")
   c.train.log_every = 50
   c.train.sample_every = 160
   c.train.checkpoint_every = 160
   c.train.progress_every_secs = 15.0
-  # At the end: the segmentation score of the synthesis (a small segmenter trained on the real demo images, ~1 min
-  # on first use) next to its real-image ceiling. FID needs the pytorch-fid Inception weights (downloaded once):
-  # --config.eval.fid=True.
+  # At the end: the segmentation score of the synthesis (a small segmenter trained on the real demo images, 17 s
+  # on first use) next to its real-image ceiling, and the style scores. FID needs the pytorch-fid Inception weights
+  # (downloaded once): --config.eval.fid=True.
   c.eval.every_steps = -1       # at the end only
   c.eval.fid = False
   return c
@@ -204,6 +206,17 @@ def preset(name: str) -> ml_collections.ConfigDict:
   if name in DATASETS:
     return for_dataset(name)
   raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+
+
+def from_file(path) -> ml_collections.ConfigDict:
+  """get_config() of a config file (configs/*.py or your own), as `--config=` reads it."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no config file {path}")
+  spec = importlib.util.spec_from_file_location(f"_spade_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def _set(c, dotted: str, value) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 from typing import Any
 
@@ -20,10 +19,7 @@ def load_preset(name: str):
   """The library preset `name` (spade_jax.config.preset), or the get_config() of a config .py file at that path."""
   path = pathlib.Path(name)
   if path.suffix == ".py" and path.is_file():
-    spec = importlib.util.spec_from_file_location(f"_spade_preset_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return spade_config.from_file(path)
   if name not in PRESETS and name not in ("default", "demo"):
     raise ConversionError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)} or a path to a config .py")
   return spade_config.preset(name)
