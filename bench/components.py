@@ -9,6 +9,7 @@ happens, not only in the whole iteration. Components (batch B, fp32 unless the c
 """
 from __future__ import annotations
 
+import functools
 import time
 
 COMPONENTS = ("G fwd", "G fwd+bwd", "D fwd+bwd", "VGG fwd+bwd")
@@ -46,6 +47,7 @@ def jax_times(config, batch, repeats=2) -> dict:
   import jax
   import jax.numpy as jnp
 
+  from spade_jax import parallel
   from spade_jax.models import VGG19
   from spade_jax.networks import Networks
   nets = Networks.from_config(config)
@@ -59,21 +61,22 @@ def jax_times(config, batch, repeats=2) -> dict:
   vgg = VGG19(dtype=nets.dtype)
   vgg_params = jax.jit(vgg.init)(jax.random.key(2), real[:1])["params"]
   mutable = ["batch_stats", "spectral"]
+  jit = functools.partial(jax.jit, compiler_options=parallel.compiler_options())  # as the train step
 
   # inputs are arguments, never closed-over constants (XLA would spend seconds constant-folding them)
-  g_fwd = jax.jit(lambda v, sem, z: nets.G.apply(v, sem, z, train=True, mutable=mutable)[0])
+  g_fwd = jit(lambda v, sem, z: nets.G.apply(v, sem, z, train=True, mutable=mutable)[0])
 
   def g_loss(params, v, sem, z, real):
     return jnp.mean(nets.G.apply({**v, "params": params}, sem, z, train=True, mutable=mutable)[0] * real)
-  g_grad = jax.jit(lambda v, sem, z, real: jax.grad(g_loss)(v["params"], v, sem, z, real))
+  g_grad = jit(lambda v, sem, z, real: jax.grad(g_loss)(v["params"], v, sem, z, real))
 
   def d_loss(params, x, v):
     outs = nets.D.apply({**v, "params": params}, x, train=True, mutable=["spectral"])[0]
     return sum(jnp.mean(f) for scale in outs for f in scale)
-  d_grad = jax.jit(lambda v, x: jax.grad(d_loss, argnums=(0, 1))(v["params"], x, v))
+  d_grad = jit(lambda v, x: jax.grad(d_loss, argnums=(0, 1))(v["params"], x, v))
 
   two = jnp.concatenate([real, real[::-1]], 0)
-  vgg_grad = jax.jit(lambda p, x: jax.grad(lambda x: sum(jnp.mean(f) for f in vgg.apply({"params": p}, x)))(x))
+  vgg_grad = jit(lambda p, x: jax.grad(lambda x: sum(jnp.mean(f) for f in vgg.apply({"params": p}, x)))(x))
   return {"G fwd": _best(lambda: g_fwd(g_vars, sem, z), repeats),
           "G fwd+bwd": _best(lambda: g_grad(g_vars, sem, z, real), repeats),
           "D fwd+bwd": _best(lambda: d_grad(d_vars, pairs), repeats),

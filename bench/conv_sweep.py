@@ -4,17 +4,20 @@
   python bench/conv_sweep.py --preset=cityscapes --batch=2 --top=12
 
 Lists the distinct convolution shapes of one train step (G, D, E; VGG uses flax's conv and needs no weight
-gradient), and for each: how often the step runs it, XLA's forward, XLA's input gradient, XLA's weight gradient
-of the explicitly padded input ('xla') and the per-tap matmul weight gradient ('taps', `layers.conv_weight_grad`),
-and the method `layers.conv_method` picks. The totals weight each shape by its count (forward counts; a backward
-runs once per differentiated forward). This is the measurement behind `conv_method`'s rule: rerun it on a new
-machine or jax version before changing the rule.
+gradient), and for each: how often the step runs it, XLA's forward, the input gradient both ways (XLA's, and the
+columns form `layers.conv_input_grad`), the weight gradient both ways (XLA's of the explicitly padded input, and the
+per-tap matmuls `layers.conv_weight_grad`), and the methods `layers.conv_method` picks. The totals weight each shape
+by its count (forward counts; a backward runs once per differentiated forward). Programs compile with
+`parallel.compiler_options()` as the train step does (`--xla_defaults`: XLA:CPU's defaults, i.e. YNNPACK
+convolutions). This is the measurement behind `conv_method`'s rule: rerun it on a new machine or jax version before
+changing the rule.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import dataclasses
+import functools
 import importlib
 import pathlib
 import sys
@@ -64,13 +67,16 @@ def main(argv=None):
   p.add_argument("--ngf", type=int, default=0)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--top", type=int, default=0, help="only the N shapes with the most forward FLOPs (0: all)")
+  p.add_argument("--xla_defaults", action="store_true", help="compile with XLA's default options, not the project's")
   args = p.parse_args(argv)
 
   import jax
   import jax.numpy as jnp
   import numpy as np
 
+  from spade_jax import parallel
   from spade_jax.models import layers
+  jit = functools.partial(jax.jit, compiler_options=None if args.xla_defaults else parallel.compiler_options())
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   if args.ngf:
     config.model.ngf = config.model.ndf = args.ngf
@@ -95,33 +101,35 @@ def main(argv=None):
     keys = keys[:args.top]
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; {args.preset} batch {args.batch}; min of "
         f"{args.repeats}; seconds per call")
-  print("| input | kernel | stride | pad | calls | GFLOP | fwd | dx | dw xla | dw taps | picked |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+  print("| input | kernel | stride | pad | calls | GFLOP | fwd | dx xla | dx cols | dw xla | dw taps | picked |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
   totals = collections.Counter()
   rng = np.random.default_rng(0)
   for key in keys:
     xs, ks, s, pad = key
     x = jnp.asarray(rng.normal(size=xs), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=ks) * 0.05, jnp.float32)
-    fwd = jax.jit(lambda x, w: layers._xla_conv(x, w, s, pad))
+    fwd = jit(lambda x, w: layers._xla_conv(x, w, s, pad))
     g = jnp.asarray(rng.normal(size=fwd(x, kernel).shape), jnp.float32)
-    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: layers._xla_conv(x, w, s, pad), x)[1](g)[0])
+    dx_xla = jit(lambda x, w, g: jax.vjp(lambda x: layers._xla_conv(x, w, s, pad), x)[1](g)[0])
+    dx_cols = jit(lambda w, g: layers.conv_input_grad(g, w, xs, s, pad))
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dw_xla = jax.jit(lambda xp, w, g: jax.vjp(lambda w: layers._xla_conv(xp, w, s, 0), w)[1](g)[0])
-    dw_taps = jax.jit(lambda xp, g: layers.conv_weight_grad(xp, g, ks[0], s))
-    t = {"fwd": best(fwd, x, kernel), "dx": best(dx, x, kernel, g), "xla": best(dw_xla, xp, kernel, g),
-         "taps": best(dw_taps, xp, g)}
-    picked = layers.conv_method(xs, ks, s, pad)
+    dw_xla = jit(lambda xp, w, g: jax.vjp(lambda w: layers._xla_conv(xp, w, s, 0), w)[1](g)[0])
+    dw_taps = jit(lambda xp, g: layers.conv_weight_grad(xp, g, ks[0], s))
+    t = {"fwd": best(fwd, x, kernel), "dx xla": best(dx_xla, x, kernel, g), "dx cols": best(dx_cols, kernel, g),
+         "dw xla": best(dw_xla, xp, kernel, g), "dw taps": best(dw_taps, xp, g)}
+    dx, dw = layers.conv_method(xs, ks, s, pad)
     n = shapes[key]
-    for name in ("fwd", "dx", "xla", "taps"):
+    for name in t:
       totals[name] += n * t[name]
-    totals["picked"] += n * t[picked]
-    totals["best"] += n * min(t["xla"], t["taps"])
-    print(f"| {xs} | {ks} | {s} | {pad} | {n} | {flops(key) / 1e9:.2f} | {t['fwd']:.3f} | {t['dx']:.3f} | "
-          f"{t['xla']:.3f} | {t['taps']:.3f} | {picked} |", flush=True)
-  print(f"\ntotals over the listed calls: forward {totals['fwd']:.2f} s, input gradients {totals['dx']:.2f} s, "
-        f"weight gradients: xla {totals['xla']:.2f} s, taps {totals['taps']:.2f} s, as picked "
-        f"{totals['picked']:.2f} s, best of the two per shape {totals['best']:.2f} s")
+    totals["picked"] += n * (t["dx " + dx] + t["dw " + dw])
+    totals["best"] += n * (min(t["dx xla"], t["dx cols"]) + min(t["dw xla"], t["dw taps"]))
+    print(f"| {xs} | {ks} | {s} | {pad} | {n} | {flops(key) / 1e9:.2f} | {t['fwd']:.3f} | {t['dx xla']:.3f} | "
+          f"{t['dx cols']:.3f} | {t['dw xla']:.3f} | {t['dw taps']:.3f} | {dx}, {dw} |", flush=True)
+  print(f"\ntotals over the listed calls: forward {totals['fwd']:.2f} s; input gradients: xla "
+        f"{totals['dx xla']:.2f} s, cols {totals['dx cols']:.2f} s; weight gradients: xla {totals['dw xla']:.2f} s, "
+        f"taps {totals['dw taps']:.2f} s; both gradients as picked {totals['picked']:.2f} s, best per shape "
+        f"{totals['best']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -175,7 +175,8 @@ def main(argv=None):
         blocks = rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2)
         batch["instance"] = jnp.asarray(blocks, jnp.int32)
       # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
-      generate = lambda n: jax.jit(lambda v, b, z: n.G.apply(v, n.semantics(b), z, train=False))
+      generate = lambda n: jax.jit(lambda v, b, z: n.G.apply(v, n.semantics(b), z, train=False),
+                                   compiler_options=parallel.compiler_options())
       flops = generate(dense_nets).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
       t = time.perf_counter()
       compiled = generate(nets).lower(variables, batch, z).compile()

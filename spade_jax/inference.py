@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from spade_jax import parallel
 from spade_jax.checkpoints import resolve_checkpoint
 from spade_jax.images import tensor2im
 from spade_jax.semantics import label_channels, make_semantics
@@ -76,16 +77,22 @@ def _open(item):
   return item
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _generate(generator, label_nc, contain_dontcare_label, no_instance, g_vars, label, instance, z):
   sem = make_semantics(label, instance, label_nc=label_nc, contain_dontcare_label=contain_dontcare_label,
                        no_instance=no_instance)
   return generator.apply(g_vars, sem, z, train=False).astype(jax.numpy.float32)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _encode(encoder, e_vars, image):
   return encoder.apply(e_vars, image, train=False)
+
+
+@functools.cache
+def _jitted():
+  """(generate, encode), jitted once per process (after the backend is up: `compiler_options` asks it)."""
+  options = parallel.compiler_options()
+  return (jax.jit(_generate, static_argnums=(0, 1, 2, 3), compiler_options=options),
+          jax.jit(_encode, static_argnums=0, compiler_options=options))
 
 
 class Synthesizer:
@@ -117,9 +124,10 @@ class Synthesizer:
                     if self.encoder is not None else None)
     # Module-level jitted functions with the (hashable) networks as static arguments: one compilation per network
     # and input shape, shared by every Synthesizer of the same architecture in the process.
-    self._generate = functools.partial(_generate, self.generator, self.label_nc, self.contain_dontcare_label,
+    generate, encode = _jitted()
+    self._generate = functools.partial(generate, self.generator, self.label_nc, self.contain_dontcare_label,
                                        self.no_instance)
-    self._encode = functools.partial(_encode, self.encoder)
+    self._encode = functools.partial(encode, self.encoder)
 
   def __repr__(self):
     h, w = self.image_size

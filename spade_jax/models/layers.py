@@ -54,31 +54,36 @@ def _xla_conv(x, kernel, stride: int, padding: int):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> str:
-  """How `_cpu_conv` computes a weight gradient: 'xla' (XLA's, of the explicitly padded input) or 'taps'
+def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> tuple[str, str]:
+  """How `_cpu_conv` computes (input gradient, weight gradient).
+
+  Input gradient: 'xla' (XLA's transposed convolution) or 'cols' (`conv_input_grad`: one matmul with the kernel as
+  the left operand, then col2im). Weight gradient: 'xla' (XLA's, of the explicitly padded input) or 'taps'
   (`conv_weight_grad`: one matmul per kernel tap).
 
-  Explicit padding alone removes XLA:CPU's worst case, a padded convolution whose output is larger than its input
-  (the discriminator's 4x4 stride-1 convs with padding 2: 256->512 channels at 33x33, batch 2, 10.8 s -> 0.07 s).
-  The rest comes from timing both ways on every convolution of the SPADE models (`python bench/conv_sweep.py`,
-  2-core x86-64): XLA's weight gradient of a stride-1 conv collapses once the output cotangent reaches ~2^23
-  values (128->128 channels, 3x3: 0.024 s at 128x128 but 0.49 s at 256x256, where the taps take 0.29 s), and it is
-  slow for 1x1 convs (128->64 at 256x256: 0.053 s, taps 0.009 s) and for convs that widen 4x or more (SPADE's
-  gamma/beta convs, 128 -> 2C: 128->512 at 64x64 0.058 s, taps 0.026 s; 128->2048 at 16x16 0.024 s, taps
-  0.008 s); elsewhere XLA's is as fast or faster (128->128 at 128x128: 0.024 s, taps 0.037 s; 128->64 at 256x256:
-  0.084 s, taps 0.196 s). Strided convolutions keep XLA's weight gradient.
+  Timed both ways on every convolution of a train step (`python bench/conv_sweep.py`, 2-core x86-64, jax 0.12,
+  with `parallel.compiler_options()`; XLA:CPU's default YNNPACK convolutions need other rules, see there):
+  - explicit padding removes XLA:CPU's worst case, a padded convolution whose output is larger than its input (the
+    discriminator's 4x4 stride-1 convs with padding 2: 256->512 channels at 33x33, batch 2, 10.8 s -> 0.05 s);
+  - XLA's input gradient flips and transposes the whole kernel before its convolution: where the kernel is large
+    beside the image (1024->1024 channels at 16x16: 0.055 s, forward 0.015 s; at 8x8 0.050 s) the 'cols' form is
+    as fast as the forward (0.017 s; 0.008 s); from about cout / 2 output pixels on XLA's is faster (1024->512 at
+    32x32: 0.035 s, cols 0.059 s);
+  - XLA's weight gradient is as fast as or faster than the taps for every k > 1 convolution of the models (128->256
+    at 256x256: 0.14 s, taps 0.28 s); for 1x1 convolutions the taps are one matmul (128->64 at 256x256: 0.028 s ->
+    0.005 s).
   """
   n, h, w, cin = x_shape
   k, cout = kernel_shape[0], kernel_shape[-1]
-  if stride != 1:
-    return "xla"
-  out_values = n * (h + 2 * padding - k + 1) * (w + 2 * padding - k + 1) * cout
-  return "taps" if k == 1 or out_values >= 2**23 or cout >= 4 * cin else "xla"
+  out_pixels = n * ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
+  dx = "cols" if k > 1 and 2 * out_pixels <= cout else "xla"
+  dw = "taps" if k == 1 else "xla"
+  return dx, dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _cpu_conv(x, kernel, stride: int, padding: int, method: str):
-  """XLA's padded convolution and input gradient; the weight gradient from the explicitly padded input."""
+def _cpu_conv(x, kernel, stride: int, padding: int, method: tuple[str, str]):
+  """XLA's padded convolution; its gradients as `method` = (input gradient, weight gradient) says."""
   return _xla_conv(x, kernel, stride, padding)
 
 
@@ -87,17 +92,47 @@ def _cpu_conv_fwd(x, kernel, stride, padding, method):
 
 
 def _cpu_conv_bwd(stride, padding, method, res, g):
-  x, kernel = res
-  dx = jax.vjp(lambda x: _xla_conv(x, kernel, stride, padding), x)[1](g)[0]
+  # The barrier makes the weight gradient read the stored input: left alone, XLA fuses the input's producer (e.g.
+  # the sum of SPADE's label-conv gathers) into the transposed copy of it that the gradient takes, and recomputes
+  # it there in a cache-hostile order (0.7 s of thread time per SPADE at 256x256, instead of a plain copy).
+  x, kernel = jax.lax.optimization_barrier(res)
+  dx_method, dw_method = method
+  if dx_method == "cols":
+    dx = conv_input_grad(g, kernel, x.shape, stride, padding)
+  else:
+    dx = jax.vjp(lambda x: _xla_conv(x, kernel, stride, padding), x)[1](g)[0]
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
-  if method == "taps":
+  if dw_method == "taps":
     dw = conv_weight_grad(xp, g, kernel.shape[0], stride)
   else:
     dw = jax.vjp(lambda w: _xla_conv(xp, w, stride, 0), kernel)[1](g)[0]
-  return dx, dw.astype(kernel.dtype)
+  return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
 
 _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
+def conv_input_grad(g, kernel, x_shape, stride: int, padding: int):
+  """d(conv of x)/dx contracted with the output cotangent g, as columns then col2im: C[tap, cin, pixel] =
+  kernel (k*k*cin, cout) . g (pixels, cout)^T in one matmul (the kernel, as stored, is its left operand: no
+  transposed copy of it), then each tap's (cin, pixel) block is added into the padded input gradient at its offset
+  (interior padding places strided outputs), and the padding is cut off."""
+  n, ho, wo, cout = g.shape
+  k, _, cin, _ = kernel.shape
+  _, h, w, _ = x_shape
+  hp, wp = h + 2 * padding, w + 2 * padding
+  cols = jnp.einsum("ko,po->kp", kernel.reshape(k * k * cin, cout), g.reshape(n * ho * wo, cout),
+                    preferred_element_type=_stats_dtype(g)).reshape(k, k, cin, n, ho, wo)
+  zero = jnp.zeros((), cols.dtype)
+  dxp = None
+  for i in range(k):
+    for j in range(k):
+      tap = cols[i, j].transpose(1, 2, 3, 0)  # (n, ho, wo, cin)
+      span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+      tap = jax.lax.pad(tap, zero, [(0, 0, 0), (i, hp - i - span_h, stride - 1), (j, wp - j - span_w, stride - 1),
+                                    (0, 0, 0)])
+      dxp = tap if dxp is None else dxp + tap
+  return dxp[:, padding:padding + h, padding:padding + w]
 
 
 def conv_weight_grad(x, g, k: int, stride: int = 1):
@@ -198,16 +233,18 @@ class Conv2d(nn.Module):
     return y if bias is None else y + bias.astype(y.dtype)
 
   def _spectral_normalize(self, kernel, train):
-    w_mat = kernel.reshape(-1, self.features).T  # (out, kh*kw*in)
-    init_u = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_mat.shape[0],)))
-    init_v = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_mat.shape[1],)))
+    # torch's W is (out, kh*kw*in); ours is its transpose, used as stored (a transposed copy of a 1024x9216
+    # kernel costs more than the matrix-vector products): W^T u = w_t @ u, W v = v @ w_t.
+    w_t = kernel.reshape(-1, self.features)  # (kh*kw*in, out)
+    init_u = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_t.shape[1],)))
+    init_v = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_t.shape[0],)))
     u = self.variable("spectral", "u", init_u)
     v = self.variable("spectral", "v", init_v)
     if train and not self.is_initializing():
-      w_sg = jax.lax.stop_gradient(w_mat)
-      v.value = _l2_normalize(w_sg.T @ u.value)
-      u.value = _l2_normalize(w_sg @ v.value)
-    sigma = jnp.dot(u.value, w_mat @ v.value)  # gradient flows through W only, as in torch
+      w_sg = jax.lax.stop_gradient(w_t)
+      v.value = _l2_normalize(w_sg @ u.value)
+      u.value = _l2_normalize(v.value @ w_sg)
+    sigma = jnp.dot(v.value @ w_t, u.value)  # gradient flows through W only, as in torch
     return kernel / sigma
 
 

@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
     vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
-    sample_fn = jax.jit(lambda s, b: _samples(nets, s, b), out_shardings=repl)  # replicated: every host can read
+    sample_fn = jax.jit(lambda s, b: _samples(nets, s, b), out_shardings=repl,  # replicated: every host reads it
+                        compiler_options=parallel.compiler_options())
   evaluate = _make_evaluator(config, nets, mesh, workdir)  # before training: missing weights fail now
 
   # ---- loop ----
@@ -255,7 +256,7 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
       z, _ = nets.E.apply(e_vars, batch["image"], train=False)
     return nets.G.apply(g_vars, nets.semantics(batch), z, train=False).astype(jnp.float32)
 
-  synth = jax.jit(images, out_shardings=parallel.replicated(mesh))
+  synth = jax.jit(images, out_shardings=parallel.replicated(mesh), compiler_options=parallel.compiler_options())
   disabled = []
 
   def evaluate(state, step, writer):

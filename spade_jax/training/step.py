@@ -30,7 +30,7 @@ from spade_jax import losses
 from spade_jax.models import VGG19, reparameterize
 from spade_jax.models.layers import at_least_float32
 from spade_jax.networks import Networks
-from spade_jax.parallel import DATA
+from spade_jax.parallel import DATA, compiler_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +253,7 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
 
 
 def make_train_step(spec: StepSpec, tx_g, tx_d, mesh, state_sharding, *, use_shard_map: bool = False):
-  """jit over the mesh with explicit shardings and the state donated.
+  """jit over the mesh with explicit shardings, the state donated, and this backend's `compiler_options`.
 
   Default: plain jit on global arrays; XLA partitions the batch and makes batch statistics global. With
   `use_shard_map` the body runs per device with explicit collectives (G built with axis_name=DATA so SPADE's
@@ -268,4 +268,4 @@ def make_train_step(spec: StepSpec, tx_g, tx_d, mesh, state_sharding, *, use_sha
     body = jax.shard_map(functools.partial(train_step, spec, tx_g, tx_d, axis_name=DATA), mesh=mesh,
                          in_specs=(P(), P(DATA), P(), P()), out_specs=(P(), P()), check_vma=False)
   return jax.jit(body, in_shardings=(state_sharding, data, repl, repl), out_shardings=(state_sharding, repl),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), compiler_options=compiler_options())

@@ -1,5 +1,6 @@
-"""conv2d's CPU formulations (explicit padding, per-tap weight gradient) equal XLA's convolution: forward, input
-gradient and weight gradient, on random shapes with odd sizes, strides 1 and 2, paddings 0-2 and kernels 1-4."""
+"""conv2d's CPU formulations (explicit padding, columns input gradient, per-tap weight gradient) equal XLA's
+convolution: forward, input gradient and weight gradient, on random shapes with odd sizes, strides 1 and 2, paddings
+0-2 and kernels 1-4."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,7 @@ def _reference(x, w, stride, padding):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}h{}w{}c{}o{}k{}s{}p{}".format(*c))
-@pytest.mark.parametrize("method", ["xla", "taps"])
+@pytest.mark.parametrize("method", [("xla", "xla"), ("cols", "taps")], ids=["xla", "cols-taps"])
 def test_conv_equals_xla(case, method):
   n, h, w, cin, cout, k, stride, padding = case
   rng = np.random.default_rng(sum(case))
@@ -48,17 +49,27 @@ def test_weight_grad_in_bfloat16_accumulates_in_float32():
   np.testing.assert_allclose(got, want, rtol=0, atol=0.02 * float(jnp.abs(want).max()))
 
 
+def test_input_grad_in_bfloat16_accumulates_in_float32():
+  rng = np.random.default_rng(1)
+  g = jnp.asarray(rng.normal(size=(1, 6, 6, 512)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 512)), jnp.float32)
+  want = layers.conv_input_grad(g, kernel, (1, 6, 6, 8), 1, 1)
+  got = layers.conv_input_grad(g.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 6, 6, 8), 1, 1)
+  np.testing.assert_allclose(got, want, rtol=0, atol=0.02 * float(jnp.abs(want).max()))
+
+
 def test_conv2d_uses_the_rule_on_cpu():
   assert jax.default_backend() == "cpu"
-  assert layers.conv_method((1, 256, 256, 128), (3, 3, 128, 128), 1, 1) == "taps"  # 2^23 output values
-  assert layers.conv_method((1, 128, 128, 128), (3, 3, 128, 128), 1, 1) == "xla"
-  assert layers.conv_method((1, 128, 128, 128), (3, 3, 128, 512), 1, 1) == "taps"
-  assert layers.conv_method((1, 16, 16, 128), (3, 3, 128, 2048), 1, 1) == "taps"  # widening 4x or more
-  assert layers.conv_method((1, 64, 64, 512), (3, 3, 512, 256), 1, 1) == "xla"
-  assert layers.conv_method((1, 32, 32, 1024), (1, 1, 1024, 512), 1, 0) == "taps"
-  assert layers.conv_method((2, 256, 256, 187), (4, 4, 187, 64), 2, 2) == "xla"
-  x = jnp.ones((1, 6, 6, 2))
-  grad_jaxpr = lambda w: str(jax.make_jaxpr(jax.grad(lambda w: layers.conv2d(x, w, padding=1).sum()))(w))
-  assert grad_jaxpr(jnp.ones((1, 1, 2, 8))).count("dot_general") == 1  # 1x1: one matmul
-  assert grad_jaxpr(jnp.ones((3, 3, 2, 8))).count("dot_general") == 9  # 4x wider: one matmul per tap
-  assert grad_jaxpr(jnp.ones((3, 3, 2, 6))).count("dot_general") == 0  # XLA's own weight gradient
+  rule = layers.conv_method
+  assert rule((1, 256, 256, 128), (3, 3, 128, 256), 1, 1) == ("xla", "xla")
+  assert rule((1, 16, 16, 1024), (3, 3, 1024, 1024), 1, 1) == ("cols", "xla")  # 256 pixels, 1024 outputs
+  assert rule((1, 8, 8, 128), (3, 3, 128, 2048), 1, 1) == ("cols", "xla")
+  assert rule((1, 32, 32, 1024), (3, 3, 1024, 512), 1, 1) == ("xla", "xla")
+  assert rule((1, 32, 32, 1024), (1, 1, 1024, 512), 1, 0) == ("xla", "taps")
+  assert rule((2, 256, 256, 187), (4, 4, 187, 64), 2, 2) == ("xla", "xla")
+  x = jnp.ones((1, 4, 4, 2))
+  grad_jaxpr = lambda w: str(jax.make_jaxpr(jax.grad(lambda x, w: layers.conv2d(x, w, padding=1).sum(), (0, 1)))(
+      x, w))
+  assert grad_jaxpr(jnp.ones((1, 1, 2, 8))).count("dot_general") == 1  # 1x1: the weight gradient is one matmul
+  assert grad_jaxpr(jnp.ones((3, 3, 2, 32))).count("dot_general") == 1  # 16 pixels, 32 outputs: columns
+  assert grad_jaxpr(jnp.ones((3, 3, 2, 6))).count("dot_general") == 0  # XLA's own gradients
