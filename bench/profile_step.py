@@ -43,8 +43,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--preset", default="coco_stuff")
   p.add_argument("--crop", type=int, default=0)
+  p.add_argument("--hlo", default="", help="also write the compiled program's HLO text here")
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--label_conv", default="dense", choices=["dense", "gather"])
+  p.add_argument("--label_conv", default="auto", choices=["auto", "dense", "gather"])
   p.add_argument("--top", type=int, default=25)
   args = p.parse_args(argv)
   try:
@@ -64,6 +65,7 @@ def main(argv=None):
   config.data.no_instance = True
   config.train.batch_size = args.batch
   config.model.spade_label_conv = args.label_conv
+  from spade_jax.models.factory import label_conv_kind
   if args.crop:
     config.data.crop_size = config.data.load_size = args.crop
   mesh = parallel.make_mesh(1)
@@ -81,12 +83,25 @@ def main(argv=None):
     jax.block_until_ready(metrics)
     jax.profiler.stop_trace()
 
-  op_names = {}
+  if args.hlo:
+    pathlib.Path(args.hlo).write_text(compiled.as_text())
+  op_names, operands = {}, {}
   for line in compiled.as_text().splitlines():
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = [^(]*?\(([^)]*)\)", line)
     if m:
       found = re.search(r'op_name="([^"]+)"', line)
       op_names[m.group(1)] = found.group(1) if found else ""
+      operands[m.group(1)] = re.findall(r"%([\w.\-]+)", m.group(2))
+  for name in [n for n, o in op_names.items() if not o]:  # XLA-made ops (tree reductions, layout copies): named
+    queue, seen = list(operands.get(name, [])), set()    # after the nearest operand that has a source
+    while queue and not op_names[name]:
+      operand = queue.pop(0)
+      if operand in seen or operand not in op_names:
+        continue
+      seen.add(operand)
+      if op_names[operand]:
+        op_names[name] = op_names[operand] + " [an operand]"
+      queue += operands.get(operand, [])
   by_kind, by_net, ops = collections.Counter(), collections.Counter(), []
   trace = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
   for plane in ProfileData.from_file(trace).planes:
@@ -102,7 +117,7 @@ def main(argv=None):
         by_net[(net, "backward" if "transpose(jvp" in op_name else "forward")] += event.duration_ns / 1e9
         ops.append((event.duration_ns / 1e9, event.name, op_name))
   total = sum(by_kind.values())
-  print(f"{args.preset} crop {config.data.crop_size} batch {args.batch}, label conv {args.label_conv}: "
+  print(f"{args.preset} crop {config.data.crop_size} batch {args.batch}, label conv {label_conv_kind(config)}: "
         f"{total:.2f} s of XLA thread time in one iteration")
   print("\n| network | pass | s |\n|---|---|---:|")
   for (net, pass_), s in by_net.most_common():

@@ -80,7 +80,7 @@ def main(argv=None):
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--devices", type=int, default=-1)
   p.add_argument("--remat", action="store_true", help="remat_G and remat_D")
-  p.add_argument("--label_conv", default="dense", choices=["dense", "gather"])
+  p.add_argument("--label_conv", default="auto", choices=["auto", "dense", "gather"])
   p.add_argument("--grad_accum", type=int, default=1)
   p.add_argument("--ngf", type=int, default=0, help="override ngf (0: the preset's 64)")
   p.add_argument("--no_vgg", action="store_true")
@@ -124,6 +124,7 @@ def main(argv=None):
     config.train.batch_size = args.batch
     config.train.grad_accum = args.grad_accum
     dense = copy.deepcopy(config)  # the model-FLOPs reference: float32 math counts the same, dense convs, no remat
+    dense.model.spade_label_conv = "dense"
     config.model.update(dtype=args.dtype, remat_G=args.remat, remat_D=args.remat, spade_label_conv=args.label_conv)
     d = config.data
     from spade_jax.semantics import label_channels

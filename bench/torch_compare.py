@@ -132,7 +132,7 @@ def main(argv=None):
   p.add_argument("--ngf", type=int, default=0)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--threads", type=int, default=os.cpu_count())
-  p.add_argument("--label_conv", default="dense", choices=["dense", "gather"])
+  p.add_argument("--label_conv", default="auto", choices=["auto", "dense", "gather"])
   p.add_argument("--no_vgg", action="store_true")
   p.add_argument("--crop", type=int, default=0, help="override crop_size (e.g. 128)")
   p.add_argument("--infer_batch", type=int, default=8, help="generator inference batch (0: skip)")
@@ -157,6 +157,8 @@ def main(argv=None):
     config.data.crop_size = config.data.load_size = args.crop
   config.model.spade_label_conv = args.label_conv
   import components
+
+  from spade_jax.models.factory import label_conv_kind
   rows = []
   if not args.no_components:
     theirs = components.torch_times(config, args.batch, args.steps, args.threads)
@@ -194,7 +196,7 @@ def main(argv=None):
                  jax_inference_seconds(config, args.infer_batch, args.steps)))
   torch_version = __import__("torch").__version__
   print(f"{args.preset} {h}x{w}, ngf {config.model.ngf}, batch {args.batch}, VGG {'on' if vgg is not None else 'off'}, "
-        f"label conv {args.label_conv}; {os.cpu_count()} CPU cores, torch threads {args.threads}")
+        f"label conv {label_conv_kind(config)}; {os.cpu_count()} CPU cores, torch threads {args.threads}")
   print(f"| what | PyTorch {torch_version} eager s | JAX {jax.__version__} jit s | PyTorch / JAX |")
   print("|---|---:|---:|---:|")
   for name, t_t, t_j in rows:

@@ -71,7 +71,8 @@ def defaults() -> ml_collections.ConfigDict:
                                       # spectral-norm power iterations stay float32)
   m.remat_G = False                   # recompute generator ResBlk activations in the backward pass (less memory)
   m.remat_D = False                   # the same per discriminator scale
-  m.spade_label_conv = "dense"        # dense | gather: SPADE's label conv as row gathers over one-hot ids
+  m.spade_label_conv = "auto"         # dense | gather (SPADE's label conv as row gathers over one-hot ids) | auto:
+                                      # gather on the CPU backend (faster there, README "On CPU"), dense elsewhere
 
   c.loss = l = ml_collections.ConfigDict()
   l.lambda_feat = 10.0      # 0 disables feature matching (official --no_ganFeat_loss)

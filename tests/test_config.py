@@ -2,6 +2,7 @@
 import importlib
 import pathlib
 
+import jax
 import ml_collections
 import pytest
 
@@ -43,7 +44,7 @@ def test_keys_read_by_code_have_schema_defaults():
   d = spade_config.defaults()
   assert (d.data.demo_generate, d.data.demo_num_train, d.data.demo_num_val) == (False, 512, 32)
   assert d.data.coco_no_portraits is False and d.data.prefetch == 4 and d.train.ema_start == 1000
-  assert d.model.dtype == "float32" and d.model.spade_label_conv == "dense" and d.train.grad_accum == 1
+  assert d.model.dtype == "float32" and d.model.spade_label_conv == "auto" and d.train.grad_accum == 1
 
 
 def test_demo_preset_reads_its_data_folder_when_called(monkeypatch):
@@ -91,3 +92,15 @@ def test_library_does_not_import_the_top_level_configs_or_edit_sys_path():
     text = path.read_text()
     assert "sys.path" not in text, path
     assert "from configs" not in text and "import configs" not in text, path
+
+
+def test_spade_label_conv_auto_resolves_per_backend_and_bad_values_are_named():
+  from spade_jax.models.factory import label_conv_kind, spade_label_channels
+  c = spade_config.preset("coco_stuff")
+  assert jax.default_backend() == "cpu" and label_conv_kind(c) == "gather"  # auto: gather on the CPU backend
+  assert spade_label_channels(c) == 183  # 182 classes + don't-care: SPADE gathers over the one-hot ids
+  c.model.spade_label_conv = "dense"
+  assert label_conv_kind(c) == "dense" and spade_label_channels(c) == 0
+  c.model.spade_label_conv = "sparse"
+  with pytest.raises(ValueError, match="spade_label_conv must be one of .*'sparse'"):
+    label_conv_kind(c)

@@ -69,15 +69,17 @@ def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> tuple[str, 
     beside the image (1024->1024 channels at 16x16: 0.055 s, forward 0.015 s; at 8x8 0.050 s) the 'cols' form is
     as fast as the forward (0.017 s; 0.008 s); from about cout / 2 output pixels on XLA's is faster (1024->512 at
     32x32: 0.035 s, cols 0.059 s);
-  - XLA's weight gradient is as fast as or faster than the taps for every k > 1 convolution of the models (128->256
-    at 256x256: 0.14 s, taps 0.28 s); for 1x1 convolutions the taps are one matmul (128->64 at 256x256: 0.028 s ->
-    0.005 s).
+  - XLA's weight gradient is as fast as or faster than the taps for every k > 1 stride-1 convolution of the models
+    (128->256 at 256x256: 0.14 s, taps 0.28 s); for 1x1 convolutions the taps are one matmul (128->64 at 256x256:
+    0.028 s -> 0.005 s); and at stride 2 (the discriminator's 4x4 convs) the taps won at every shape (Xeon, AVX-512:
+    its label map 184->64 at 256x256 0.115 s -> 0.070 s, at 128x128 0.028 s -> 0.010 s; 64->128 at 129x129
+    0.011 s -> 0.005 s).
   """
   n, h, w, cin = x_shape
   k, cout = kernel_shape[0], kernel_shape[-1]
   out_pixels = n * ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
   dx = "cols" if k > 1 and 2 * out_pixels <= cout else "xla"
-  dw = "taps" if k == 1 else "xla"
+  dw = "taps" if k == 1 or stride > 1 else "xla"
   return dx, dw
 
 
@@ -219,9 +221,19 @@ class Conv2d(nn.Module):
   def __call__(self, x, train: bool = False):
     """`x` may be a tuple of arrays that stand for their concatenation along channels: the conv is then the sum of
     a conv per part with its slice of the kernel (same variables), and the backward pass computes input gradients
-    only for the parts that need them (the discriminator's image, not its one-hot label map)."""
+    only for the parts that need them (the discriminator's image, not its one-hot label map).
+
+    A part with fewer rows than the others (a divisor of their number) stands for itself repeated along the batch,
+    [p; p; ...]: it is convolved once and its output repeated. The discriminator's [fake; real] step shares one
+    label map this way instead of convolving (and differentiating) two copies of it.
+    """
     parts = x if isinstance(x, tuple) else (x,)
     k, cin = self.kernel_size, sum(p.shape[-1] for p in parts)
+    rows = max(p.shape[0] for p in parts)
+    for p in parts:
+      if rows % p.shape[0]:
+        raise ValueError(f"Conv2d parts must have batch sizes that divide the largest ({rows}); got "
+                         f"{[q.shape for q in parts]}")
     kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
     if self.spectral:
       kernel = self._spectral_normalize(kernel, train)
@@ -229,6 +241,8 @@ class Conv2d(nn.Module):
     y, start = None, 0
     for p in parts:
       part = conv2d(p, kernel[:, :, start:start + p.shape[-1]], stride=self.stride, padding=self.padding)
+      if p.shape[0] < rows:
+        part = jnp.tile(part, (rows // p.shape[0], 1, 1, 1))
       y, start = part if y is None else y + part, start + p.shape[-1]
     return y if bias is None else y + bias.astype(y.dtype)
 
@@ -357,5 +371,21 @@ def bilinear_resize(x, size: Sequence[int]):
 
 
 def avg_pool_3x3_s2(x):
-  """avg_pool2d(kernel 3, stride 2, padding 1, count_include_pad=False), between discriminator scales."""
-  return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)
+  """avg_pool2d(kernel 3, stride 2, padding 1, count_include_pad=False), between discriminator scales.
+
+  Separable: three strided row slices summed, then three column slices, divided by the count of in-image pixels
+  under each window (rows x columns). XLA:CPU's reduce_window (nn.avg_pool) took 97 ms on a [fake; real] 256x256
+  label map of 184 channels, more than the discriminator's first convolution of it.
+  """
+  n, h, w, c = x.shape
+  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  rows = sum(xp[:, i:i + 2 * ho - 1:2] for i in range(3))
+  s = sum(rows[:, :, j:j + 2 * wo - 1:2] for j in range(3))
+
+  def count(size, out):  # in-image taps of each window: the window of output i covers input rows 2i-1 .. 2i+1
+    i = np.arange(out)
+    return np.minimum(2 * i + 1, size - 1) - np.maximum(2 * i - 1, 0) + 1
+
+  inv = 1.0 / (count(h, ho)[:, None] * count(w, wo)[None, :])
+  return s * jnp.asarray(inv[None, :, :, None], s.dtype)

@@ -158,7 +158,8 @@ def _forward(nets: Networks, variables, inputs, half: str):
   train mode (one spectral-norm power iteration, as the official D([fake; real]) call), then on the real with the
   iterated vectors, in eval mode and as a constant: the same outputs without back-propagating through the real half
   (D's instance norms are per sample). Half 'd': D on [fake; real], both constants (the fake detached), in one
-  train-mode call. D takes (semantics, image) apart so that its backward pass skips the label map's channels.
+  train-mode call. D takes (semantics, image) apart so that its backward pass skips the label map's channels, and
+  in half 'd' one label map stands for both rows of [fake; real] (convolved once, see `Conv2d`).
   Returns (fake, (mu, logvar) or None, D's outputs on the fake, on the real, the variable updates of 'e' / 'g' / 'd').
   """
   sem, real = inputs["sem"], inputs["real"]
@@ -172,7 +173,7 @@ def _forward(nets: Networks, variables, inputs, half: str):
     pred_fake, updates["d"] = nets.D.apply(variables["d"], (sem, fake), train=True, mutable=["spectral"])
     pred_real = jax.lax.stop_gradient(nets.D.apply({**variables["d"], **updates["d"]}, (sem, real), train=False))
   elif half == "d":
-    fake_and_real = jax.lax.stop_gradient((jnp.concatenate([sem, sem], 0), jnp.concatenate([fake, real], 0)))
+    fake_and_real = jax.lax.stop_gradient((sem, jnp.concatenate([fake, real], 0)))  # sem: shared by both rows
     d_out, updates["d"] = nets.D.apply(variables["d"], fake_and_real, train=True, mutable=["spectral"])
     pred_fake, pred_real = _split(d_out, real.shape[0])
   else:
