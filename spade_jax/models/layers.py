@@ -235,8 +235,15 @@ class Conv2d(nn.Module):
         raise ValueError(f"Conv2d parts must have batch sizes that divide the largest ({rows}); got "
                          f"{[q.shape for q in parts]}")
     kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
-    if self.spectral:
-      kernel = self._spectral_normalize(kernel, train)
+    sigma = self._spectral_sigma(kernel, train) if self.spectral else None
+    h, w = parts[0].shape[1:3]
+    out_size = rows * ((h + 2 * self.padding - k) // self.stride + 1) * ((w + 2 * self.padding - k) // self.stride + 1)
+    # conv(x, W / sigma) = conv(x, W) / sigma: divide whichever is smaller, the kernel or the output (at 16x16 the
+    # 1024-channel blocks' kernels are 36x their outputs: a 37 MB copy of the kernel per call, and as many in the
+    # backward pass, for nothing)
+    scale_output = sigma is not None and out_size * self.features < kernel.size
+    if sigma is not None and not scale_output:
+      kernel = kernel / sigma
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
     y, start = None, 0
     for p in parts:
@@ -244,11 +251,14 @@ class Conv2d(nn.Module):
       if p.shape[0] < rows:
         part = jnp.tile(part, (rows // p.shape[0], 1, 1, 1))
       y, start = part if y is None else y + part, start + p.shape[-1]
+    if scale_output:
+      y = y / sigma.astype(y.dtype)
     return y if bias is None else y + bias.astype(y.dtype)
 
-  def _spectral_normalize(self, kernel, train):
-    # torch's W is (out, kh*kw*in); ours is its transpose, used as stored (a transposed copy of a 1024x9216
-    # kernel costs more than the matrix-vector products): W^T u = w_t @ u, W v = v @ w_t.
+  def _spectral_sigma(self, kernel, train):
+    """sigma = u.W.v after this call's power iteration (train) or from the stored vectors (eval).
+    torch's W is (out, kh*kw*in); ours is its transpose, used as stored (a transposed copy of a 1024x9216
+    kernel costs more than the matrix-vector products): W^T u = w_t @ u, W v = v @ w_t."""
     w_t = kernel.reshape(-1, self.features)  # (kh*kw*in, out)
     init_u = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_t.shape[1],)))
     init_v = lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (w_t.shape[0],)))
@@ -258,8 +268,7 @@ class Conv2d(nn.Module):
       w_sg = jax.lax.stop_gradient(w_t)
       v.value = _l2_normalize(w_sg @ u.value)
       u.value = _l2_normalize(v.value @ w_sg)
-    sigma = jnp.dot(v.value @ w_t, u.value)  # gradient flows through W only, as in torch
-    return kernel / sigma
+    return jnp.dot(v.value @ w_t, u.value)  # gradient flows through W only, as in torch
 
 
 class Dense(nn.Module):

@@ -46,11 +46,14 @@ def assert_state_equal(torch_mod, new_vars, network, **kw):
       jax.tree.map(lambda a, b: assert_close(a, b, what=col), dict(new_vars[col]), expected[col])
 
 
+# (cin, size): an output larger than the kernel (Conv2d divides the kernel by sigma) and a small image with many
+# channels (it divides the output, as for the generator's 1024-channel blocks)
+@pytest.mark.parametrize("cin,size", [(5, 9), (24, 3)])
 @pytest.mark.parametrize("train", [True, False])
-def test_spectral_conv(train):
-  conv = torch.nn.utils.spectral_norm(torch.nn.Conv2d(5, 7, 3, stride=2, padding=1))
-  ref.train_steps_(conv, torch.randn(2, 5, 9, 9), n=3)  # non-trivial u, v
-  x = np.random.default_rng(0).normal(size=(2, 9, 9, 5)).astype(np.float32)
+def test_spectral_conv(train, cin, size):
+  conv = torch.nn.utils.spectral_norm(torch.nn.Conv2d(cin, 7, 3, stride=2, padding=1))
+  ref.train_steps_(conv, torch.randn(2, cin, size, size), n=3)  # non-trivial u, v
+  x = np.random.default_rng(0).normal(size=(2, size, size, cin)).astype(np.float32)
   variables = variables_from(conv, "G")  # plain key names: weight_orig/u/v/bias at the top level
   mod = Conv2d(7, 3, stride=2, padding=1, spectral=True)
   conv.train(train)
