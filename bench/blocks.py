@@ -12,25 +12,15 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # components.py
 
 NGF, LABELS = 64, 183  # COCO-Stuff: 182 classes + don't-care, no instance edges (as bench/torch_compare.py)
 BLOCKS = {  # name: (fin, fout, resolution) at 256x256 output
     "head_0": (16 * NGF, 16 * NGF, 8), "G_middle_0": (16 * NGF, 16 * NGF, 16), "up_0": (16 * NGF, 8 * NGF, 32),
     "up_1": (8 * NGF, 4 * NGF, 64), "up_2": (4 * NGF, 2 * NGF, 128), "up_3": (2 * NGF, NGF, 256),
 }
-
-
-def _best(fn, steps):
-  fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
 
 
 def main(argv=None):
@@ -44,11 +34,14 @@ def main(argv=None):
 
   import jax
   import jax.numpy as jnp
+  import ml_collections
   import numpy as np
+  from components import _best
 
   from spade_jax import parallel
+  from spade_jax.models.factory import label_conv_kind
   from spade_jax.models.spade import SPADEResnetBlock
-  gather = args.label_conv == "gather" or (args.label_conv == "auto" and jax.default_backend() == "cpu")
+  gather = label_conv_kind(ml_collections.ConfigDict({"model": {"spade_label_conv": args.label_conv}})) == "gather"
   rng = np.random.default_rng(0)
   label = rng.integers(0, LABELS, (1, 16, 16)).repeat(16, 1).repeat(16, 2)
   onehot = np.eye(LABELS, dtype=np.float32)[label]
@@ -68,8 +61,8 @@ def main(argv=None):
       return jnp.mean(y * y)
     fwd, grad = jit(loss), jit(jax.grad(loss, argnums=(0, 1)))
     xj = jnp.asarray(x)
-    ours_f = _best(lambda: jax.block_until_ready(fwd(variables["params"], xj)), args.steps)
-    ours_fb = _best(lambda: jax.block_until_ready(grad(variables["params"], xj)), args.steps)
+    ours_f = _best(lambda: fwd(variables["params"], xj), args.steps)
+    ours_fb = _best(lambda: grad(variables["params"], xj), args.steps)
     theirs_f = theirs_fb = float("nan")
     if not args.no_torch:
       import torch

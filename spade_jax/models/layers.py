@@ -75,12 +75,16 @@ def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> tuple[str, 
     its label map 184->64 at 256x256 0.115 s -> 0.070 s, at 128x128 0.028 s -> 0.010 s; 64->128 at 129x129
     0.011 s -> 0.005 s).
   """
-  n, h, w, cin = x_shape
   k, cout = kernel_shape[0], kernel_shape[-1]
-  out_pixels = n * ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
-  dx = "cols" if k > 1 and 2 * out_pixels <= cout else "xla"
+  dx = "cols" if k > 1 and 2 * _output_pixels(x_shape, k, stride, padding) <= cout else "xla"
   dw = "taps" if k == 1 or stride > 1 else "xla"
   return dx, dw
+
+
+def _output_pixels(x_shape, k: int, stride: int, padding: int) -> int:
+  """Batch x output height x output width of a k x k convolution of an NHWC `x_shape`."""
+  n, h, w = x_shape[:3]
+  return n * ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -236,8 +240,7 @@ class Conv2d(nn.Module):
                          f"{[q.shape for q in parts]}")
     kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
     sigma = self._spectral_sigma(kernel, train) if self.spectral else None
-    h, w = parts[0].shape[1:3]
-    out_size = rows * ((h + 2 * self.padding - k) // self.stride + 1) * ((w + 2 * self.padding - k) // self.stride + 1)
+    out_size = _output_pixels((rows, *parts[0].shape[1:]), k, self.stride, self.padding)
     # conv(x, W / sigma) = conv(x, W) / sigma: divide whichever is smaller, the kernel or the output (at 16x16 the
     # 1024-channel blocks' kernels are 36x their outputs: a 37 MB copy of the kernel per call, and as many in the
     # backward pass, for nothing)
