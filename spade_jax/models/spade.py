@@ -5,7 +5,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spade_jax.models.layers import Conv2d, ConvParams, ParamFreeNorm, conv2d, leaky_relu, nearest_resize, onehot_conv2d
+from spade_jax.models.layers import (
+  Conv2d,
+  ConvParams,
+  ParamFreeNorm,
+  add_bias,
+  conv2d,
+  leaky_relu,
+  nearest_resize,
+  onehot_conv2d,
+)
 
 SPADE_HIDDEN = 128  # nhidden, hard-coded in the official SPADE layer
 
@@ -42,7 +51,7 @@ class SPADE(nn.Module):
         shared = shared + conv2d(extra, kernel[:, :, self.label_channels:], padding=k // 2)
       # The barrier materialises the sum once: left alone, XLA stores each of the k*k gathers apart (7 ms each at
       # 128x128) so that the ReLU and its backward mask can both re-sum them (one fused gather-sum: 0.6 ms).
-      shared = jax.lax.optimization_barrier(shared + bias.astype(shared.dtype))
+      shared = jax.lax.optimization_barrier(add_bias(shared, bias))
     else:
       seg = nearest_resize(segmap, x.shape[1:3]).astype(x.dtype)
       shared = Conv2d(SPADE_HIDDEN, k, padding=k // 2, name="mlp_shared")(seg)
