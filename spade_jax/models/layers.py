@@ -300,8 +300,8 @@ HALVING_STOP = 1 << 16  # elements left to XLA's own reduction (at ~3.5 ns each 
 
 def _halving_sum(y):
   """(B, R, C) -> (B, C): sum over R by adding contiguous halves (zero-padded when odd) while more than
-  HALVING_STOP elements are left, then XLA's sum. Each level is ~3 HLO ops that XLA compiles: stopping early keeps
-  the step's compile time close to that of plain sums (the test models' maps never reach the halving)."""
+  HALVING_STOP elements are left, then XLA's sum. Each level is ~3 more HLO ops to compile: halving to the end
+  doubled the COCO-Stuff step's compile time (19.9 -> 38.4 s), stopping there costs 3 s of it."""
   while y.shape[1] > 1 and y.size > HALVING_STOP:
     if y.shape[1] % 2:
       y = jnp.pad(y, ((0, 0), (0, 1), (0, 0)))
