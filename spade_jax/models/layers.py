@@ -331,7 +331,7 @@ def _pixel_sum_fwd(x, per_sample):
 
 
 def _pixel_sum_bwd(per_sample, x, g):
-  return (jnp.broadcast_to(g[:, None, None] if per_sample else g, x.shape).astype(x.dtype),)
+  return (pixel_broadcast(g, x.shape).astype(x.dtype),)
 
 
 pixel_sum.defvjp(_pixel_sum_fwd, _pixel_sum_bwd)
@@ -360,12 +360,19 @@ def add_bias(y, bias):
   return y + pixel_broadcast(bias.astype(y.dtype), y.shape)
 
 
+def _standardize(x32, per_sample: bool, eps: float, pmean=lambda t: t):
+  """(x - mean) / sqrt(var + eps) with the biased variance about the mean (two passes), over H, W (and N unless
+  per_sample); `pmean` averages the statistics over devices under shard_map. Returns (normalised, mean, var)."""
+  pixels = x32.shape[1] * x32.shape[2] * (1 if per_sample else x32.shape[0])
+  mean = pmean(pixel_sum(x32, per_sample) / pixels)
+  centred = x32 - pixel_broadcast(mean, x32.shape)
+  var = pmean(pixel_sum(jnp.square(centred), per_sample) / pixels)
+  return centred * pixel_broadcast(jax.lax.rsqrt(var + eps), x32.shape), mean, var
+
+
 def instance_norm(x, eps: float = NORM_EPS):
   """InstanceNorm2d(affine=False): per sample and channel over H, W, biased variance, statistics in float32."""
-  x32, n = x.astype(_stats_dtype(x)), x.shape[1] * x.shape[2]
-  centred = x32 - pixel_broadcast(pixel_sum(x32, per_sample=True) / n, x.shape)
-  var = pixel_sum(jnp.square(centred), per_sample=True) / n
-  return (centred * pixel_broadcast(jax.lax.rsqrt(var + eps), x.shape)).astype(x.dtype)
+  return _standardize(x.astype(_stats_dtype(x)), True, eps)[0].astype(x.dtype)
 
 
 class ParamFreeNorm(nn.Module):
@@ -393,15 +400,12 @@ class ParamFreeNorm(nn.Module):
     if train:
       sync = self.axis_name if (self.kind == "syncbatch" and not self.is_initializing()) else None
       pmean = (lambda t: jax.lax.pmean(t, sync)) if sync else (lambda t: t)
-      pixels = x.shape[0] * x.shape[1] * x.shape[2]
-      mean = pmean(pixel_sum(x32) / pixels)
-      centred = x32 - pixel_broadcast(mean, x.shape)
-      var = pmean(pixel_sum(jnp.square(centred)) / pixels)
+      normalized, mean, var = _standardize(x32, False, NORM_EPS, pmean)
       if not self.is_initializing():
-        n = pixels * (jax.lax.psum(1, sync) if sync else 1)
+        n = x.shape[0] * x.shape[1] * x.shape[2] * (jax.lax.psum(1, sync) if sync else 1)
         ra_mean.value = (1 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * mean
         ra_var.value = (1 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * var * (n / max(n - 1, 1))
-      return (centred * pixel_broadcast(jax.lax.rsqrt(var + NORM_EPS), x.shape)).astype(x.dtype)
+      return normalized.astype(x.dtype)
     return ((x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + NORM_EPS)).astype(x.dtype)
 
 
