@@ -2,11 +2,12 @@
 # interpreter and explains what to do when there is none).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+AOT_LIBS := $(VENV)/aot-libs
 PYTEST_ARGS ?=
 # pytest-xdist processes: the suite is mostly XLA compilation, one core each (each simulates 8 JAX devices, ~3 GB)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test lint test test-fast demo clean
+.PHONY: setup setup-test setup-aot lint test test-fast demo clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@py=$$(scripts/find_python.sh) && [ -x $(PY) ] || $$py -m venv $(VENV)
@@ -15,13 +16,20 @@ $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
-$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+$(VENV)/.test: $(VENV)/.runtime $(AOT_LIBS)/.installed requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	@touch $@
+
+# libtpu and the CUDA plugin for `python -m spade_jax.aot`, in a side folder that only that tool loads
+$(AOT_LIBS)/.installed: requirements-aot.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(AOT_LIBS) -r requirements-aot.txt
 	@touch $@
 
 setup: $(VENV)/.runtime          ## runtime environment only
 
-setup-test: $(VENV)/.test        ## runtime + test extras (pytest, torch as the parity oracle)
+setup-test: $(VENV)/.test        ## runtime + test extras (pytest, torch as the parity oracle) + setup-aot
+
+setup-aot: $(AOT_LIBS)/.installed  ## libtpu and the CUDA plugin beside the venv, for python -m spade_jax.aot
 
 lint: setup-test                 ## ruff (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -38,15 +38,15 @@ def main(argv=None):
   import numpy as np
   from components import _best
 
-  from spade_jax import parallel
-  from spade_jax.models.factory import label_conv_kind
+  from spade_jax import platforms
   from spade_jax.models.spade import SPADEResnetBlock
+  from spade_jax.platforms import label_conv_kind
   gather = label_conv_kind(ml_collections.ConfigDict({"model": {"spade_label_conv": args.label_conv}})) == "gather"
   rng = np.random.default_rng(0)
   label = rng.integers(0, LABELS, (1, 16, 16)).repeat(16, 1).repeat(16, 2)
   onehot = np.eye(LABELS, dtype=np.float32)[label]
   seg = (jnp.asarray(label[..., None].astype(np.int32)), jnp.zeros((1, 256, 256, 0))) if gather else jnp.asarray(onehot)
-  jit = lambda f: jax.jit(f, compiler_options=parallel.compiler_options())
+  jit = lambda f: jax.jit(f, compiler_options=platforms.compiler_options())
   print(f"SPADE ResBlocks, COCO-Stuff ngf {NGF}, batch 1, label conv {'gather' if gather else 'dense'}; seconds")
   print("| block | shape | PyTorch fwd | PyTorch fwd+bwd | ours fwd | ours fwd+bwd | PyTorch / ours fwd+bwd |")
   print("|---|---|---:|---:|---:|---:|---:|")

@@ -47,7 +47,7 @@ def jax_times(config, batch, repeats=2) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from spade_jax import parallel
+  from spade_jax import platforms
   from spade_jax.models import VGG19
   from spade_jax.networks import Networks
   nets = Networks.from_config(config)
@@ -61,7 +61,7 @@ def jax_times(config, batch, repeats=2) -> dict:
   vgg = VGG19(dtype=nets.dtype)
   vgg_params = jax.jit(vgg.init)(jax.random.key(2), real[:1])["params"]
   mutable = ["batch_stats", "spectral"]
-  jit = functools.partial(jax.jit, compiler_options=parallel.compiler_options())  # as the train step
+  jit = functools.partial(jax.jit, compiler_options=platforms.compiler_options())  # as the train step
 
   # inputs are arguments, never closed-over constants (XLA would spend seconds constant-folding them)
   g_fwd = jit(lambda v, sem, z: nets.G.apply(v, sem, z, train=True, mutable=mutable)[0])

@@ -5,10 +5,10 @@
 
 Lists the distinct convolution shapes of one train step (G, D, E; VGG uses flax's conv and needs no weight
 gradient), and for each: how often the step runs it, XLA's forward, the input gradient both ways (XLA's, and the
-columns form `layers.conv_input_grad`), the weight gradient both ways (XLA's of the explicitly padded input, and the
-per-tap matmuls `layers.conv_weight_grad`), and the methods `layers.conv_method` picks. The totals weight each shape
-by its count (forward counts; a backward runs once per differentiated forward). Programs compile with
-`parallel.compiler_options()` as the train step does (`--xla_defaults`: XLA:CPU's defaults, i.e. YNNPACK
+columns form `platforms.conv_input_grad`), the weight gradient both ways (XLA's of the explicitly padded input, and the
+per-tap matmuls `platforms.conv_weight_grad`), and the methods `platforms.conv_method` picks. The totals weight
+each shape by its count (forward counts; a backward runs once per differentiated forward). Programs compile with
+`platforms.compiler_options` as the train step does (`--xla_defaults`: XLA:CPU's defaults, i.e. YNNPACK
 convolutions). This is the measurement behind `conv_method`'s rule: rerun it on a new machine or jax version before
 changing the rule.
 """
@@ -74,9 +74,8 @@ def main(argv=None):
   import jax.numpy as jnp
   import numpy as np
 
-  from spade_jax import parallel
-  from spade_jax.models import layers
-  jit = functools.partial(jax.jit, compiler_options=None if args.xla_defaults else parallel.compiler_options())
+  from spade_jax import platforms
+  jit = functools.partial(jax.jit, compiler_options=None if args.xla_defaults else platforms.compiler_options())
   config = importlib.import_module(f"configs.{args.preset}").get_config()
   if args.ngf:
     config.model.ngf = config.model.ndf = args.ngf
@@ -109,16 +108,16 @@ def main(argv=None):
     xs, ks, s, pad = key
     x = jnp.asarray(rng.normal(size=xs), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=ks) * 0.05, jnp.float32)
-    fwd = jit(lambda x, w: layers._xla_conv(x, w, s, pad))
+    fwd = jit(lambda x, w: platforms.xla_conv(x, w, s, pad))
     g = jnp.asarray(rng.normal(size=fwd(x, kernel).shape), jnp.float32)
-    dx_xla = jit(lambda x, w, g: jax.vjp(lambda x: layers._xla_conv(x, w, s, pad), x)[1](g)[0])
-    dx_cols = jit(lambda w, g: layers.conv_input_grad(g, w, xs, s, pad))
+    dx_xla = jit(lambda x, w, g: jax.vjp(lambda x: platforms.xla_conv(x, w, s, pad), x)[1](g)[0])
+    dx_cols = jit(lambda w, g: platforms.conv_input_grad(g, w, xs, s, pad))
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dw_xla = jit(lambda xp, w, g: jax.vjp(lambda w: layers._xla_conv(xp, w, s, 0), w)[1](g)[0])
-    dw_taps = jit(lambda xp, g: layers.conv_weight_grad(xp, g, ks[0], s))
+    dw_xla = jit(lambda xp, w, g: jax.vjp(lambda w: platforms.xla_conv(xp, w, s, 0), w)[1](g)[0])
+    dw_taps = jit(lambda xp, g: platforms.conv_weight_grad(xp, g, ks[0], s))
     t = {"fwd": best(fwd, x, kernel), "dx xla": best(dx_xla, x, kernel, g), "dx cols": best(dx_cols, kernel, g),
          "dw xla": best(dw_xla, xp, kernel, g), "dw taps": best(dw_taps, xp, g)}
-    dx, dw = layers.conv_method(xs, ks, s, pad)
+    dx, dw = platforms.conv_method(xs, ks, s, pad)
     n = shapes[key]
     for name in t:
       totals[name] += n * t[name]

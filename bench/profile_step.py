@@ -65,7 +65,7 @@ def main(argv=None):
   config.data.no_instance = True
   config.train.batch_size = args.batch
   config.model.spade_label_conv = args.label_conv
-  from spade_jax.models.factory import label_conv_kind
+  from spade_jax.platforms import label_conv_kind
   if args.crop:
     config.data.crop_size = config.data.load_size = args.crop
   mesh = parallel.make_mesh(1)

@@ -91,7 +91,7 @@ def main(argv=None):
   import jax.numpy as jnp
   import numpy as np
 
-  from spade_jax import parallel
+  from spade_jax import parallel, platforms
   from spade_jax.models import VGG19
   from spade_jax.networks import Networks
   from spade_jax.training.state import create_train_state
@@ -177,7 +177,7 @@ def main(argv=None):
         batch["instance"] = jnp.asarray(blocks, jnp.int32)
       # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
       generate = lambda n: jax.jit(lambda v, b, z: n.G.apply(v, n.semantics(b), z, train=False),
-                                   compiler_options=parallel.compiler_options())
+                                   compiler_options=platforms.compiler_options())
       flops = generate(dense_nets).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
       t = time.perf_counter()
       compiled = generate(nets).lower(variables, batch, z).compile()

@@ -109,13 +109,13 @@ def jax_inference_seconds(config, batch, steps):
   import jax.numpy as jnp
   from components import random_inputs
 
-  from spade_jax import parallel
+  from spade_jax import platforms
   from spade_jax.networks import Networks
   nets = Networks.from_config(config)
   label, _ = random_inputs(config, batch)
   sem = nets.semantics({"label": jnp.asarray(label)})
   variables = jax.jit(nets.G.init)(jax.random.key(0), sem[:1], None)
-  gen = jax.jit(lambda v, sem: nets.G.apply(v, sem, None, train=False), compiler_options=parallel.compiler_options())
+  gen = jax.jit(lambda v, sem: nets.G.apply(v, sem, None, train=False), compiler_options=platforms.compiler_options())
   jax.block_until_ready(gen(variables, sem))
   times = []
   for _ in range(steps):
@@ -158,7 +158,7 @@ def main(argv=None):
   config.model.spade_label_conv = args.label_conv
   import components
 
-  from spade_jax.models.factory import label_conv_kind
+  from spade_jax.platforms import label_conv_kind
   rows = []
   if not args.no_components:
     theirs = components.torch_times(config, args.batch, args.steps, args.threads)

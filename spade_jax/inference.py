@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from spade_jax import parallel
+from spade_jax import platforms
 from spade_jax.checkpoints import resolve_checkpoint
 from spade_jax.images import tensor2im
 from spade_jax.semantics import label_channels, make_semantics
@@ -88,9 +88,9 @@ def _encode(encoder, e_vars, image):
 
 
 @functools.cache
-def _jitted():
-  """(generate, encode), jitted once per process (after the backend is up: `compiler_options` asks it)."""
-  options = parallel.compiler_options()
+def _jitted(platform: str):
+  """(generate, encode) for `platform`, jitted once per process (after the backend is up)."""
+  options = platforms.compiler_options(platform)
   return (jax.jit(_generate, static_argnums=(0, 1, 2, 3), compiler_options=options),
           jax.jit(_encode, static_argnums=0, compiler_options=options))
 
@@ -116,7 +116,9 @@ class Synthesizer:
     self.image_size = tuple(output_size(d.crop_size, d.aspect_ratio, m.num_upsampling_layers))
     self.class_names, self.palette = colormap.for_data(d)
     self.use_vae = bool(m.use_vae)
-    self.generator = build_generator(config)
+    leaf = jax.tree.leaves(g_variables)[0]  # the generator runs where its weights lie
+    platform = platforms.platform_of(leaf.devices() if isinstance(leaf, jax.Array) else None)
+    self.generator = build_generator(config, platform=platform)
     self.encoder = build_encoder(config) if (self.use_vae and e_variables is not None) else None
     self.has_encoder = self.encoder is not None
     self._g_vars = {k: v for k, v in g_variables.items() if k in ("params", "batch_stats", "spectral")}
@@ -124,7 +126,7 @@ class Synthesizer:
                     if self.encoder is not None else None)
     # Module-level jitted functions with the (hashable) networks as static arguments: one compilation per network
     # and input shape, shared by every Synthesizer of the same architecture in the process.
-    generate, encode = _jitted()
+    generate, encode = _jitted(platform)
     self._generate = functools.partial(generate, self.generator, self.label_nc, self.contain_dontcare_label,
                                        self.no_instance)
     self._encode = functools.partial(encode, self.encoder)

@@ -32,11 +32,12 @@ class Networks:
   dtype: Any = None           # compute dtype of every network (None: float32)
 
   @classmethod
-  def from_config(cls, config, axis_name: str | None = None) -> Networks:
-    """`axis_name`: the mesh axis SPADE's sync batch norm averages over (the shard_map step)."""
+  def from_config(cls, config, axis_name: str | None = None, platform: str | None = None) -> Networks:
+    """`axis_name`: the mesh axis SPADE's sync batch norm averages over (the shard_map step); `platform`: where the
+    networks will run (None: the default device's; see `platforms`)."""
     d = config.data
     return cls(
-        G=build_generator(config, axis_name), D=build_discriminator(config),
+        G=build_generator(config, axis_name, platform), D=build_discriminator(config),
         E=build_encoder(config) if config.model.use_vae else None,
         label_nc=d.label_nc, contain_dontcare_label=d.contain_dontcare_label, no_instance=d.no_instance,
         image_size=output_size(d.crop_size, d.aspect_ratio, config.model.num_upsampling_layers),

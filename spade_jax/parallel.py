@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 
@@ -82,30 +81,6 @@ def make_mesh(num_data: int = -1) -> jax.sharding.Mesh:
   if n < 1 or n > jax.device_count():
     raise ValueError(f"config.parallel.num_data={num_data} but {jax.device_count()} devices are visible")
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
-
-
-# XLA:CPU (jax 0.12) hands convolutions to YNNPACK "library fusions" by default; YNNPACK's convolution weight
-# gradients are up to 5x slower than XLA's own Eigen kernels (128->256 channels, 3x3, at 256x256: 0.72 s vs 0.14 s;
-# forward and input gradients as fast). An empty list turns every library fusion off (YNNPACK's reductions alone,
-# LIBRARY_FUSION_TYPE_REDUCE, measured no faster over a whole step, and change XLA's summation order). Measured by
-# `python bench/conv_sweep.py` against `--xla_defaults`.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-@functools.cache
-def compiler_options() -> dict | None:
-  """`jax.jit(..., compiler_options=...)` for the programs that run the SPADE networks (train step, synthesis):
-  CPU_COMPILER_OPTIONS on the CPU backend when this jaxlib accepts them, else None (XLA's defaults; GPU and TPU).
-  Per program, not XLA_FLAGS, so that nothing else in the process changes. Call it after jax.distributed starts."""
-  if jax.default_backend() != "cpu":
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
-  except Exception as e:  # an unknown option or value in another jaxlib: keep XLA's defaults
-    logging.warning("XLA:CPU did not accept %s (%s); convolution weight gradients may be slower",
-                    CPU_COMPILER_OPTIONS, str(e).splitlines()[0])
-    return None
-  return dict(CPU_COMPILER_OPTIONS)
 
 
 def replicated(mesh) -> NamedSharding:

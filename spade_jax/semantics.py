@@ -63,4 +63,8 @@ def make_semantics(label, instance=None, *, label_nc: int, contain_dontcare_labe
       raise ValueError("this config uses instance edges (no_instance=False) but no instance map was given; "
                        "pass instance maps or set config.data.no_instance=True")
     sem = jnp.concatenate([sem, instance_edges(instance).astype(dtype)], axis=-1)
-  return sem
+  # Materialised once, as every consumer reads it anyway. Left fusible, the TPU compiler's space-to-batch pass
+  # (libtpu 0.0.50) rewrites a label convolution's weight gradient together with the one-hot's compare and aborts
+  # the whole compilation ("PropagateOnBackpropFilterConv ... Operands to select must be the same shape"); README,
+  # "Compiled ahead of time".
+  return jax.lax.optimization_barrier(sem)

@@ -2,7 +2,6 @@
 import importlib
 import pathlib
 
-import jax
 import ml_collections
 import pytest
 
@@ -94,13 +93,16 @@ def test_library_does_not_import_the_top_level_configs_or_edit_sys_path():
     assert "from configs" not in text and "import configs" not in text, path
 
 
-def test_spade_label_conv_auto_resolves_per_backend_and_bad_values_are_named():
-  from spade_jax.models.factory import label_conv_kind, spade_label_channels
+def test_spade_label_conv_auto_resolves_per_platform_and_bad_values_are_named():
+  from spade_jax.models.factory import spade_label_channels
+  from spade_jax.platforms import label_conv_kind
   c = spade_config.preset("coco_stuff")
-  assert jax.default_backend() == "cpu" and label_conv_kind(c) == "gather"  # auto: gather on the CPU backend
-  assert spade_label_channels(c) == 183  # 182 classes + don't-care: SPADE gathers over the one-hot ids
+  assert label_conv_kind(c, "cpu") == "gather"  # auto: gather for CPU programs, a convolution for the others
+  assert label_conv_kind(c, "tpu") == label_conv_kind(c, "gpu") == "dense"
+  assert spade_label_channels(c, "cpu") == 183  # 182 classes + don't-care: SPADE gathers over the one-hot ids
+  assert spade_label_channels(c, "tpu") == 0
   c.model.spade_label_conv = "dense"
-  assert label_conv_kind(c) == "dense" and spade_label_channels(c) == 0
+  assert label_conv_kind(c, "cpu") == "dense" and spade_label_channels(c, "cpu") == 0
   c.model.spade_label_conv = "sparse"
   with pytest.raises(ValueError, match="spade_label_conv must be one of .*'sparse'"):
-    label_conv_kind(c)
+    label_conv_kind(c, "cpu")

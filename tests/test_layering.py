@@ -13,8 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "spade_jax"
 
 # Lowest first. A name covers the module and, for a package, everything in it.
 LAYERS = (
-    ("base", ("spade_jax.launch", "spade_jax.parallel", "spade_jax.semantics", "spade_jax.progress",
-              "spade_jax.config")),
+    ("base", ("spade_jax.launch", "spade_jax.parallel", "spade_jax.platforms", "spade_jax.semantics",
+              "spade_jax.progress", "spade_jax.config")),
     ("data", ("spade_jax.data",)),
     ("images", ("spade_jax.colormap", "spade_jax.images")),
     ("models", ("spade_jax.models",)),
@@ -25,7 +25,8 @@ LAYERS = (
     ("inference", ("spade_jax.inference", "spade_jax.synthesize")),
     ("evaluation", ("spade_jax.evaluation",)),
     ("training", ("spade_jax.training",)),
-    ("apps", ("spade_jax.convert", "spade_jax.serve", "spade_jax")),  # `spade_jax` itself: the lazy `load`
+    # `spade_jax` itself: the lazy `load`
+    ("apps", ("spade_jax.convert", "spade_jax.serve", "spade_jax.aot", "spade_jax")),
 )
 
 # Inference, evaluation and training sit side by side on what is below them: the only ways between them are the

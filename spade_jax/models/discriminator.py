@@ -51,7 +51,8 @@ class MultiscaleDiscriminator(nn.Module):
   def __call__(self, x, train: bool = False):
     """`x`: the input, or a tuple (semantics, image) standing for their concatenation, which back-propagates into
     the image alone (the train step's G half needs no gradient w.r.t. the one-hot label map). The semantics may
-    have fewer rows than the image (a divisor): they then stand for themselves repeated, as for [fake; real]."""
+    have fewer rows than the image (a divisor): each row then stands for itself repeated in place, as for the
+    train step's interleaved fake and real rows."""
     parts = x if isinstance(x, tuple) else (x,)
     if self.dtype is not None:
       parts = tuple(p.astype(self.dtype) for p in parts)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spade_jax import platforms
 from spade_jax.models.discriminator import MultiscaleDiscriminator
 from spade_jax.models.encoder import ConvEncoder
 from spade_jax.models.generator import SPADEGenerator
@@ -17,7 +18,6 @@ def semantic_nc(data_cfg) -> int:
 
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: the float32 default, no casts
-LABEL_CONVS = ("auto", "dense", "gather")
 
 
 def compute_dtype(model_cfg):
@@ -29,29 +29,22 @@ def compute_dtype(model_cfg):
   return DTYPES[name]
 
 
-def label_conv_kind(config) -> str:
-  """model.spade_label_conv with 'auto' resolved: 'gather' on the CPU backend, where it measured faster in training
-  and inference (README, "On CPU"), 'dense' (a convolution) on GPU and TPU."""
-  kind = str(config.model.spade_label_conv)
-  if kind not in LABEL_CONVS:
-    raise ValueError(f"config.model.spade_label_conv must be one of {LABEL_CONVS}, got {kind!r}")
-  if kind == "auto":
-    kind = "gather" if jax.default_backend() == "cpu" else "dense"
-  return kind
+def spade_label_channels(config, platform: str) -> int:
+  """K > 0 (the one-hot channels) when SPADE's label convs gather kernel rows on `platform`
+  (`platforms.label_conv_kind`)."""
+  return label_channels(config.data) if platforms.label_conv_kind(config, platform) == "gather" else 0
 
 
-def spade_label_channels(config) -> int:
-  """K > 0 (the one-hot channels) when SPADE's label convs gather kernel rows (model.spade_label_conv='gather')."""
-  return label_channels(config.data) if label_conv_kind(config) == "gather" else 0
-
-
-def build_generator(config, axis_name: str | None = None) -> SPADEGenerator:
+def build_generator(config, axis_name: str | None = None, platform: str | None = None) -> SPADEGenerator:
+  """`platform`: where it will run ('cpu', 'gpu', 'tpu'; None: the default device's), for the form of SPADE's
+  label convolution (the variables are the same either way)."""
   m = config.model
+  platform = platform or platforms.platform_of()
   return SPADEGenerator(
       ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=config.data.crop_size,
       aspect_ratio=config.data.aspect_ratio, use_vae=m.use_vae, spectral=m.spectral_G,
       param_free_norm=m.param_free_norm, spade_kernel=m.spade_kernel, axis_name=axis_name,
-      dtype=compute_dtype(m), remat=bool(m.remat_G), label_channels=spade_label_channels(config))
+      dtype=compute_dtype(m), remat=bool(m.remat_G), label_channels=spade_label_channels(config, platform))
 
 
 def build_discriminator(config) -> MultiscaleDiscriminator:

@@ -5,13 +5,15 @@ the official SPADE checkpoints depends on these details (see docs/spade_referenc
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spade_jax import platforms
+from spade_jax.platforms import pixel_broadcast, pixel_sum
 
 # Official init: xavier_normal_(gain=0.02) on every conv and linear weight, zero bias (BaseNetwork.init_weights).
 INIT_GAIN = 0.02
@@ -37,155 +39,9 @@ def _l2_normalize(x):
 
 def conv2d(x, kernel, bias=None, stride: int = 1, padding: int = 0):
   """torch's Conv2d forward (explicit symmetric zero padding), computed in x's dtype (float32 weights are cast).
-
-  On the CPU backend the gradients are `_cpu_conv`'s (XLA:CPU's own weight gradients are pathological for some
-  shapes); other backends keep XLA's convolution and its gradients. Same numbers either way, to float32 rounding.
-  """
-  kernel = kernel.astype(x.dtype)
-  if jax.default_backend() == "cpu":
-    y = _cpu_conv(x, kernel, stride, padding, conv_method(x.shape, kernel.shape, stride, padding))
-  else:
-    y = _xla_conv(x, kernel, stride, padding)
+  Its gradients are the platform's (`platforms.conv`)."""
+  y = platforms.conv(x, kernel.astype(x.dtype), stride, padding)
   return y if bias is None else add_bias(y, bias)
-
-
-def _xla_conv(x, kernel, stride: int, padding: int):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def conv_method(x_shape, kernel_shape, stride: int, padding: int) -> tuple[str, str]:
-  """How `_cpu_conv` computes (input gradient, weight gradient).
-
-  Input gradient: 'xla' (XLA's transposed convolution) or 'cols' (`conv_input_grad`: one matmul with the kernel as
-  the left operand, then col2im). Weight gradient: 'xla' (XLA's, of the explicitly padded input) or 'taps'
-  (`conv_weight_grad`: one matmul per kernel tap).
-
-  Timed both ways on every convolution of a train step (`python bench/conv_sweep.py`, 2-core x86-64, jax 0.12,
-  with `parallel.compiler_options()`; XLA:CPU's default YNNPACK convolutions need other rules, see there):
-  - explicit padding removes XLA:CPU's worst case, a padded convolution whose output is larger than its input (the
-    discriminator's 4x4 stride-1 convs with padding 2: 256->512 channels at 33x33, batch 2, 10.8 s -> 0.05 s);
-  - XLA's input gradient flips and transposes the whole kernel before its convolution: where the kernel is large
-    beside the image (1024->1024 channels at 16x16: 0.055 s, forward 0.015 s; at 8x8 0.050 s) the 'cols' form is
-    as fast as the forward (0.017 s; 0.008 s); from about cout / 2 output pixels on XLA's is faster (1024->512 at
-    32x32: 0.035 s, cols 0.059 s);
-  - XLA's weight gradient is as fast as or faster than the taps for every k > 1 stride-1 convolution of the models
-    (128->256 at 256x256: 0.14 s, taps 0.28 s); for 1x1 convolutions the taps are one matmul (128->64 at 256x256:
-    0.028 s -> 0.005 s); and at stride 2 (the discriminator's 4x4 convs) the taps won at every shape (Xeon, AVX-512:
-    its label map 184->64 at 256x256 0.115 s -> 0.070 s, at 128x128 0.028 s -> 0.010 s; 64->128 at 129x129
-    0.011 s -> 0.005 s).
-  """
-  k, cout = kernel_shape[0], kernel_shape[-1]
-  dx = "cols" if k > 1 and 2 * _output_pixels(x_shape, k, stride, padding) <= cout else "xla"
-  dw = "taps" if k == 1 or stride > 1 else "xla"
-  return dx, dw
-
-
-def _output_pixels(x_shape, k: int, stride: int, padding: int) -> int:
-  """Batch x output height x output width of a k x k convolution of an NHWC `x_shape`."""
-  n, h, w = x_shape[:3]
-  return n * ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _cpu_conv(x, kernel, stride: int, padding: int, method: tuple[str, str]):
-  """XLA's padded convolution; its gradients as `method` = (input gradient, weight gradient) says."""
-  return _xla_conv(x, kernel, stride, padding)
-
-
-def _cpu_conv_fwd(x, kernel, stride, padding, method):
-  return _xla_conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _cpu_conv_bwd(stride, padding, method, res, g):
-  # The barrier makes the weight gradient read the stored input: left alone, XLA fuses the input's producer (e.g.
-  # the sum of SPADE's label-conv gathers) into the transposed copy of it that the gradient takes, and recomputes
-  # it there in a cache-hostile order (0.7 s of thread time per SPADE at 256x256, instead of a plain copy).
-  x, kernel = jax.lax.optimization_barrier(res)
-  dx_method, dw_method = method
-  if dx_method == "cols":
-    dx = conv_input_grad(g, kernel, x.shape, stride, padding)
-  else:
-    dx = jax.vjp(lambda x: _xla_conv(x, kernel, stride, padding), x)[1](g)[0]
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
-  if dw_method == "taps":
-    dw = conv_weight_grad(xp, g, kernel.shape[0], stride)
-  else:
-    dw = jax.vjp(lambda w: _xla_conv(xp, w, stride, 0), kernel)[1](g)[0]
-  return dx.astype(x.dtype), dw.astype(kernel.dtype)
-
-
-_cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
-
-
-def conv_input_grad(g, kernel, x_shape, stride: int, padding: int):
-  """d(conv of x)/dx contracted with the output cotangent g, as columns then col2im: C[tap, cin, pixel] =
-  kernel (k*k*cin, cout) . g (pixels, cout)^T in one matmul (the kernel, as stored, is its left operand: no
-  transposed copy of it), then each tap's (cin, pixel) block is added into the padded input gradient at its offset
-  (interior padding places strided outputs), and the padding is cut off."""
-  n, ho, wo, cout = g.shape
-  k, _, cin, _ = kernel.shape
-  _, h, w, _ = x_shape
-  hp, wp = h + 2 * padding, w + 2 * padding
-  cols = jnp.einsum("ko,po->kp", kernel.reshape(k * k * cin, cout), g.reshape(n * ho * wo, cout),
-                    preferred_element_type=_stats_dtype(g)).reshape(k, k, cin, n, ho, wo)
-  zero = jnp.zeros((), cols.dtype)
-  dxp = None
-  for i in range(k):
-    for j in range(k):
-      tap = cols[i, j].transpose(1, 2, 3, 0)  # (n, ho, wo, cin)
-      span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
-      tap = jax.lax.pad(tap, zero, [(0, 0, 0), (i, hp - i - span_h, stride - 1), (j, wp - j - span_w, stride - 1),
-                                    (0, 0, 0)])
-      dxp = tap if dxp is None else dxp + tap
-  return dxp[:, padding:padding + h, padding:padding + w]
-
-
-def conv_weight_grad(x, g, k: int, stride: int = 1):
-  """d(VALID conv of x)/d(kernel) contracted with the output cotangent g: for each tap (i, j) of the k x k kernel,
-  dW[i, j] = sum over batch and output pixels of x[p * stride + (i, j)] outer g[p]: one (Cout, L) x (L, Cin)
-  matmul per tap, accumulated in at least float32.
-
-  At stride 1 each tap's input pixels are a contiguous window of the flattened image when g is zero-padded to the
-  input's width (the padded columns contribute nothing), so no strided copy of x is made per tap.
-  """
-  n, ho, wo, cout = g.shape
-  _, hp, wp, cin = x.shape
-  dot = lambda gt, xs: jnp.einsum("nol,nlc->oc", gt, xs, preferred_element_type=_stats_dtype(x))
-  taps = []
-  if stride == 1:
-    g_t = jnp.pad(g, ((0, 0), (0, 0), (0, wp - wo), (0, 0))).reshape(n, ho * wp, cout).transpose(0, 2, 1)
-    x_flat = jnp.pad(x.reshape(n, hp * wp, cin), ((0, 0), (0, k), (0, 0)))  # windows may run k past the end
-    for i in range(k):
-      for j in range(k):
-        taps.append(dot(g_t, x_flat[:, i * wp + j:i * wp + j + ho * wp]))
-  else:
-    g_t = g.reshape(n, ho * wo, cout).transpose(0, 2, 1)
-    for i in range(k):
-      for j in range(k):
-        xs = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-        taps.append(dot(g_t, xs.reshape(n, ho * wo, cin)))
-  return jnp.stack(taps).reshape(k, k, cout, cin).transpose(0, 1, 3, 2)
-
-
-def onehot_conv2d(ids, kernel, padding: int):
-  """conv2d(one_hot(ids, K), kernel[:, :, :K]) at stride 1, as a sum of k*k row gathers instead of a convolution.
-
-  A convolution over a one-hot map multiplies K - 1 zeros per tap; here each output pixel adds the kernel rows of the
-  classes under its k*k taps (out-of-image taps index an all-zero row, which is the zero padding). The result is the
-  same sum in another order (fp32 rounding), and the gradient w.r.t. the kernel is a scatter-add of the output
-  gradient into those rows: no dense weight gradient over K input channels either.
-  """
-  k, _, num_classes, cout = kernel.shape
-  table = jnp.concatenate([kernel, jnp.zeros((k, k, 1, cout), kernel.dtype)], axis=2)  # row K: padding
-  ids = jnp.pad(ids, ((0, 0), (padding, padding), (padding, padding)), constant_values=num_classes)
-  h, w = ids.shape[1] - k + 1, ids.shape[2] - k + 1
-  out = None
-  for dy in range(k):
-    for dx in range(k):
-      rows = jnp.take(table[dy, dx], ids[:, dy:dy + h, dx:dx + w], axis=0)
-      out = rows if out is None else out + rows
-  return out
 
 
 class ConvParams(nn.Module):
@@ -227,9 +83,11 @@ class Conv2d(nn.Module):
     a conv per part with its slice of the kernel (same variables), and the backward pass computes input gradients
     only for the parts that need them (the discriminator's image, not its one-hot label map).
 
-    A part with fewer rows than the others (a divisor of their number) stands for itself repeated along the batch,
-    [p; p; ...]: it is convolved once and its output repeated. The discriminator's [fake; real] step shares one
-    label map this way instead of convolving (and differentiating) two copies of it.
+    A part with fewer rows than the others (a divisor of their number) stands for each of its rows repeated in
+    place, [p0, p0, p1, p1, ...]: it is convolved once and each output row repeated. The discriminator's step on
+    fake and real rows interleaved ([f0, r0, f1, r1, ...]) shares one label map this way instead of convolving (and
+    differentiating) two copies of it. Repeating rows in place keeps every row on the device that holds its
+    source row when the batch is sharded (tiling [p; p] would move half of them to other devices).
     """
     parts = x if isinstance(x, tuple) else (x,)
     k, cin = self.kernel_size, sum(p.shape[-1] for p in parts)
@@ -240,7 +98,7 @@ class Conv2d(nn.Module):
                          f"{[q.shape for q in parts]}")
     kernel = self.param("kernel", xavier_normal(), (k, k, cin, self.features), jnp.float32)
     sigma = self._spectral_sigma(kernel, train) if self.spectral else None
-    out_size = _output_pixels((rows, *parts[0].shape[1:]), k, self.stride, self.padding)
+    out_size = platforms.output_pixels((rows, *parts[0].shape[1:]), k, self.stride, self.padding)
     # conv(x, W / sigma) = conv(x, W) / sigma: divide whichever is smaller, the kernel or the output (at 16x16 the
     # 1024-channel blocks' kernels are 36x their outputs: a 37 MB copy of the kernel per call, and as many in the
     # backward pass, for nothing)
@@ -252,7 +110,7 @@ class Conv2d(nn.Module):
     for p in parts:
       part = conv2d(p, kernel[:, :, start:start + p.shape[-1]], stride=self.stride, padding=self.padding)
       if p.shape[0] < rows:
-        part = jnp.tile(part, (rows // p.shape[0], 1, 1, 1))
+        part = jnp.repeat(part, rows // p.shape[0], axis=0)
       y, start = part if y is None else y + part, start + p.shape[-1]
     if scale_output:
       y = y / sigma.astype(y.dtype)
@@ -293,66 +151,6 @@ def _stats_dtype(x):
 def at_least_float32(x):
   """bfloat16 -> float32 for losses and sums; float32 and float64 (the exactness tests) stay as they are."""
   return x.astype(_stats_dtype(x))
-
-
-HALVING_STOP = 1 << 16  # elements left to XLA's own reduction (at ~3.5 ns each on XLA:CPU, 0.2 ms)
-
-
-def _halving_sum(y):
-  """(B, R, C) -> (B, C): sum over R by adding contiguous halves (zero-padded when odd) while more than
-  HALVING_STOP elements are left, then XLA's sum. Each level is ~3 more HLO ops to compile: halving to the end
-  doubled the COCO-Stuff step's compile time (19.9 -> 38.4 s), stopping there costs 3 s of it."""
-  while y.shape[1] > 1 and y.size > HALVING_STOP:
-    if y.shape[1] % 2:
-      y = jnp.pad(y, ((0, 0), (0, 1), (0, 0)))
-    half = y.shape[1] // 2
-    y = y[:, :half] + y[:, half:]
-  return y.sum(axis=1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def pixel_sum(x, per_sample: bool = False):
-  """Sum of an NHWC array over its pixels: (C,) over N, H, W, or (N, C) over H, W with `per_sample`.
-
-  The per-channel sums of batch and instance norms and of bias gradients. XLA:CPU rewrites such a sum into 32x32
-  reduce-windows that read one channel at a time, 4 KB apart (a 64x64x1024 sum: 15 ms); halving the pixel rows
-  instead reads whole rows of channels (1.4 ms) and is a pairwise tree too (float32 error vs float64 1e-7, XLA's
-  8e-7). Each sample is summed apart first, so a batch sharded over devices is summed where it lies. Other
-  backends keep XLA's reduction. The gradient is a broadcast, as for jnp.sum.
-  """
-  if jax.default_backend() != "cpu":
-    return x.sum(axis=(1, 2) if per_sample else (0, 1, 2))
-  sums = _halving_sum(x.reshape(x.shape[0], -1, x.shape[-1]))
-  return sums if per_sample else sums.sum(axis=0)
-
-
-def _pixel_sum_fwd(x, per_sample):
-  return pixel_sum(x, per_sample), jax.ShapeDtypeStruct(x.shape, x.dtype)
-
-
-def _pixel_sum_bwd(per_sample, x, g):
-  return (pixel_broadcast(g, x.shape).astype(x.dtype),)
-
-
-pixel_sum.defvjp(_pixel_sum_fwd, _pixel_sum_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def pixel_broadcast(v, shape):
-  """A per-channel (C,) or per-sample-and-channel (N, C) array broadcast over an NHWC `shape`; its gradient is
-  `pixel_sum` (where jnp's broadcasting would leave XLA:CPU's slow reduction), in at least float32."""
-  return jnp.broadcast_to(v[:, None, None] if v.ndim == 2 else v, shape)
-
-
-def _pixel_broadcast_fwd(v, shape):
-  return pixel_broadcast(v, shape), jax.ShapeDtypeStruct(v.shape, v.dtype)
-
-
-def _pixel_broadcast_bwd(shape, v, g):
-  return (pixel_sum(at_least_float32(g), v.ndim == 2).astype(v.dtype),)
-
-
-pixel_broadcast.defvjp(_pixel_broadcast_fwd, _pixel_broadcast_bwd)
 
 
 def add_bias(y, bias):

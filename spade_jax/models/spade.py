@@ -13,8 +13,8 @@ from spade_jax.models.layers import (
   conv2d,
   leaky_relu,
   nearest_resize,
-  onehot_conv2d,
 )
+from spade_jax.platforms import onehot_conv2d
 
 SPADE_HIDDEN = 128  # nhidden, hard-coded in the official SPADE layer
 

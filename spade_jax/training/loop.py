@@ -13,7 +13,7 @@ from absl import logging
 from clu import parameter_overview
 
 from spade_jax import config as spade_config
-from spade_jax import parallel
+from spade_jax import parallel, platforms
 from spade_jax.data import make_dataset, steps_per_epoch
 from spade_jax.images import colorize_labels, sample_grid, to_uint8
 from spade_jax.networks import Networks, synthesis_variables
@@ -143,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
     sample_fn = jax.jit(lambda s, b: _samples(nets, s, b), out_shardings=repl,  # replicated: every host reads it
-                        compiler_options=parallel.compiler_options())
+                        compiler_options=platforms.compiler_options(platforms.platform_of(mesh)))
   evaluate = _make_evaluator(config, nets, mesh, workdir)  # before training: missing weights fail now
 
   # ---- loop ----
@@ -256,7 +256,8 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
       z, _ = nets.E.apply(e_vars, batch["image"], train=False)
     return nets.G.apply(g_vars, nets.semantics(batch), z, train=False).astype(jnp.float32)
 
-  synth = jax.jit(images, out_shardings=parallel.replicated(mesh), compiler_options=parallel.compiler_options())
+  synth = jax.jit(images, out_shardings=parallel.replicated(mesh),
+                  compiler_options=platforms.compiler_options(platforms.platform_of(mesh)))
   disabled = []
 
   def evaluate(state, step, writer):

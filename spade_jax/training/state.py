@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from spade_jax import parallel
+from spade_jax import parallel, platforms
 from spade_jax.training.schedule import make_optimizers
 from spade_jax.training.step import StepSpec, init_state, make_train_step
 
@@ -47,7 +47,8 @@ def create_train_state(config, mesh, *, steps_per_epoch: int = 1000, optimizers=
   """
   use_shard_map = config.train.use_shard_map if use_shard_map is None else use_shard_map
   shard_params = config.parallel.shard_params if shard_params is None else shard_params
-  spec = StepSpec.from_config(config, axis_name=parallel.DATA if use_shard_map else None)
+  spec = StepSpec.from_config(config, axis_name=parallel.DATA if use_shard_map else None,
+                              platform=platforms.platform_of(mesh))
   tx_g, tx_d = optimizers if optimizers is not None else make_optimizers(config, steps_per_epoch)
   rng = jax.random.key(config.seed) if rng is None else rng
   init = functools.partial(init_state, spec, tx_g, tx_d)

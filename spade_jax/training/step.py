@@ -1,6 +1,6 @@
 """The SPADE train step: a G step, then a D step on the same batch, as the official trainer does.
 
-G step: E (VAE only) encodes the real image to z; G synthesises; D sees [fake; real] in one call; G (+ E) is
+G step: E (VAE only) encodes the real image to z; G synthesises; D sees fake and real in one call; G (+ E) is
 updated with hinge + feature matching + VGG (+ KLD). D step: G (updated, still in train mode, as the official code)
 synthesises again without gradients; D is updated with the hinge losses. SPADE batch statistics and spectral-norm
 vectors update in every training-mode forward, so G's are updated twice per iteration and D's twice, as in torch.
@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from spade_jax import losses
+from spade_jax import losses, platforms
 from spade_jax.models import VGG19, reparameterize
 from spade_jax.models.layers import at_least_float32
 from spade_jax.networks import Networks
-from spade_jax.parallel import DATA, compiler_options
+from spade_jax.parallel import DATA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +47,14 @@ class StepSpec:
   ema_start: int              # steps before which the EMA just copies the weights
 
   @classmethod
-  def from_config(cls, config, axis_name: str | None = None) -> StepSpec:
+  def from_config(cls, config, axis_name: str | None = None, platform: str | None = None) -> StepSpec:
     l, t = config.loss, config.train
     accum, decay = int(t.grad_accum), float(t.ema_decay)
     if accum < 1:
       raise ValueError(f"config.train.grad_accum must be >= 1, got {accum}")
     if not 0.0 <= decay < 1.0:
       raise ValueError(f"config.train.ema_decay must be in [0, 1) (0 disables the EMA), got {decay}")
-    nets = Networks.from_config(config, axis_name)
+    nets = Networks.from_config(config, axis_name, platform)
     return cls(nets=nets, vgg=VGG19(l.vgg_input_norm, dtype=nets.dtype) if l.lambda_vgg > 0 else None,
                lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld, grad_accum=accum,
                ema_decay=decay, ema_start=int(t.ema_start))
@@ -92,11 +92,16 @@ def ema_update(ema, params, step, decay: float, start: int):
   return jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
 
 
-def _split(outputs, n):
-  """D on [fake; real] -> (fake outputs, real outputs), each a list (per scale) of feature lists."""
-  fake = [[f[:n] for f in scale] for scale in outputs]
-  real = [[f[n:] for f in scale] for scale in outputs]
-  return fake, real
+def _interleave(fake, real):
+  """[f0, r0, f1, r1, ...]: D judges both in one call, and every row stays on the device that holds its sample
+  (concatenating two batch-sharded arrays, [fake; real], makes XLA move half of each to other devices)."""
+  return jnp.stack([fake, real], 1).reshape(2 * fake.shape[0], *fake.shape[1:])
+
+
+def _deinterleave(outputs):
+  """D's outputs on `_interleave`d rows -> (fake outputs, real outputs), each a list (per scale) of feature lists."""
+  pairs = [[f.reshape(f.shape[0] // 2, 2, *f.shape[1:]) for f in scale] for scale in outputs]
+  return [[f[:, 0] for f in scale] for scale in pairs], [[f[:, 1] for f in scale] for scale in pairs]
 
 
 def _noise(nets: Networks, rng, n, axis_name):
@@ -157,9 +162,10 @@ def _forward(nets: Networks, variables, inputs, half: str):
   `variables`: {'g', 'd'[, 'e']} collections, the half's trainable parameters in place. Half 'g': D on the fake in
   train mode (one spectral-norm power iteration, as the official D([fake; real]) call), then on the real with the
   iterated vectors, in eval mode and as a constant: the same outputs without back-propagating through the real half
-  (D's instance norms are per sample). Half 'd': D on [fake; real], both constants (the fake detached), in one
-  train-mode call. D takes (semantics, image) apart so that its backward pass skips the label map's channels, and
-  in half 'd' one label map stands for both rows of [fake; real] (convolved once, see `Conv2d`).
+  (D's instance norms are per sample). Half 'd': D on fake and real rows interleaved, both constants (the fake
+  detached), in one train-mode call. D takes (semantics, image) apart so that its backward pass skips the label
+  map's channels, and in half 'd' one label map stands for both rows of each fake / real pair (convolved once, see
+  `Conv2d`).
   Returns (fake, (mu, logvar) or None, D's outputs on the fake, on the real, the variable updates of 'e' / 'g' / 'd').
   """
   sem, real = inputs["sem"], inputs["real"]
@@ -173,9 +179,9 @@ def _forward(nets: Networks, variables, inputs, half: str):
     pred_fake, updates["d"] = nets.D.apply(variables["d"], (sem, fake), train=True, mutable=["spectral"])
     pred_real = jax.lax.stop_gradient(nets.D.apply({**variables["d"], **updates["d"]}, (sem, real), train=False))
   elif half == "d":
-    fake_and_real = jax.lax.stop_gradient((sem, jnp.concatenate([fake, real], 0)))  # sem: shared by both rows
+    fake_and_real = jax.lax.stop_gradient((sem, _interleave(fake, real)))  # sem: shared by both rows
     d_out, updates["d"] = nets.D.apply(variables["d"], fake_and_real, train=True, mutable=["spectral"])
-    pred_fake, pred_real = _split(d_out, real.shape[0])
+    pred_fake, pred_real = _deinterleave(d_out)
   else:
     raise ValueError(f"half must be 'g' or 'd', got {half!r}")
   return fake, posterior, pred_fake, pred_real, updates
@@ -254,7 +260,7 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
 
 
 def make_train_step(spec: StepSpec, tx_g, tx_d, mesh, state_sharding, *, use_shard_map: bool = False):
-  """jit over the mesh with explicit shardings, the state donated, and this backend's `compiler_options`.
+  """jit over the mesh with explicit shardings, the state donated, and the mesh platform's compiler options.
 
   Default: plain jit on global arrays; XLA partitions the batch and makes batch statistics global. With
   `use_shard_map` the body runs per device with explicit collectives (G built with axis_name=DATA so SPADE's
@@ -269,4 +275,5 @@ def make_train_step(spec: StepSpec, tx_g, tx_d, mesh, state_sharding, *, use_sha
     body = jax.shard_map(functools.partial(train_step, spec, tx_g, tx_d, axis_name=DATA), mesh=mesh,
                          in_specs=(P(), P(DATA), P(), P()), out_specs=(P(), P()), check_vma=False)
   return jax.jit(body, in_shardings=(state_sharding, data, repl, repl), out_shardings=(state_sharding, repl),
-                 donate_argnums=(0,), compiler_options=compiler_options())
+                 donate_argnums=(0,),
+                 compiler_options=platforms.compiler_options(platforms.platform_of(mesh)))

@@ -1,4 +1,4 @@
-"""layers.pixel_sum / pixel_broadcast (the per-channel sums of batch norm, instance norm and bias gradients): the
+"""platforms.pixel_sum / pixel_broadcast (the per-channel sums of batch norm, instance norm and bias gradients): the
 halving tree equals float64 sums (odd row counts, batch and per-sample), is at least as accurate as XLA's sum, has
 jnp's gradients, and gives the same result on a batch sharded over 8 devices."""
 import jax
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from spade_jax import platforms
 from spade_jax.models import layers
 
 # > HALVING_STOP elements, so the halving runs (with odd row counts on the way: 33 * 65 = 2145 rows per sample)
@@ -18,7 +19,7 @@ def _data(shape=SHAPE, seed=0):
 
 
 def test_halving_runs_on_this_shape():
-  assert SHAPE[1] * SHAPE[2] * SHAPE[3] > layers.HALVING_STOP
+  assert SHAPE[1] * SHAPE[2] * SHAPE[3] > platforms.HALVING_STOP
 
 
 @pytest.mark.parametrize("per_sample", [False, True], ids=["batch", "per_sample"])
@@ -26,7 +27,7 @@ def test_pixel_sum_equals_float64_sum(per_sample):
   x = _data()
   axes = (1, 2) if per_sample else (0, 1, 2)
   want = x.astype(np.float64).sum(axis=axes)
-  got = np.asarray(jax.jit(layers.pixel_sum, static_argnums=1)(jnp.asarray(x), per_sample), np.float64)
+  got = np.asarray(jax.jit(platforms.pixel_sum, static_argnums=1)(jnp.asarray(x), per_sample), np.float64)
   assert got.shape == want.shape
   err = np.max(np.abs(got - want) / np.abs(want))
   xla_err = np.max(np.abs(np.asarray(jnp.sum(jnp.asarray(x), axis=axes), np.float64) - want) / np.abs(want))
@@ -39,13 +40,13 @@ def test_gradients_equal_jnp(per_sample):
   x = jnp.asarray(_data(seed=1))
   axes = (1, 2) if per_sample else (0, 1, 2)
   w = jnp.asarray(_data(SHAPE[:1] + SHAPE[3:] if per_sample else SHAPE[3:], seed=2))
-  got = jax.grad(lambda x: jnp.sum(layers.pixel_sum(x, per_sample) * w))(x)
+  got = jax.grad(lambda x: jnp.sum(platforms.pixel_sum(x, per_sample) * w))(x)
   want = jax.grad(lambda x: jnp.sum(jnp.sum(x, axis=axes) * w))(x)
   np.testing.assert_array_equal(got, want)
   # pixel_broadcast: the forward is a broadcast, the gradient a pixel_sum of the cotangent
   g = jnp.asarray(_data(seed=3))
   shape = SHAPE[:1] + (1, 1) + SHAPE[3:] if per_sample else SHAPE[3:]
-  y, vjp = jax.vjp(lambda v: layers.pixel_broadcast(v, SHAPE), w)
+  y, vjp = jax.vjp(lambda v: platforms.pixel_broadcast(v, SHAPE), w)
   np.testing.assert_array_equal(y, jnp.broadcast_to(w.reshape(shape), SHAPE))
   np.testing.assert_allclose(vjp(g)[0], np.asarray(g, np.float64).sum(axis=axes), rtol=1e-6)
 
@@ -73,6 +74,16 @@ def test_sharded_batch_equals_unsharded():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   x = _data((8,) + SHAPE[1:], seed=7)
   sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-  fn = jax.jit(layers.pixel_sum, static_argnums=1)
+  fn = jax.jit(platforms.pixel_sum, static_argnums=1)
   np.testing.assert_allclose(fn(sharded, False), fn(jnp.asarray(x), False), rtol=1e-6)
   np.testing.assert_array_equal(fn(sharded, True), fn(jnp.asarray(x), True))
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_other_platforms_lower_to_one_xla_reduction(platform):
+  """The halving is XLA:CPU's remedy: a program lowered for TPU or GPU (from this CPU host) keeps XLA's reduction."""
+  x = jnp.asarray(_data())
+  lowered = lambda p: jax.jit(platforms.pixel_sum, static_argnums=1).trace(x, False).lower(
+      lowering_platforms=(p,)).as_text()
+  assert lowered(platform).count("stablehlo.reduce") == 1 and "stablehlo.pad" not in lowered(platform)
+  assert lowered("cpu").count("stablehlo.slice") > 2  # the halving tree

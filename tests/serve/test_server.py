@@ -176,7 +176,7 @@ def test_body_over_the_limit_is_refused_before_it_is_read(server):
 
 def test_requests_are_batched_and_the_generator_compiles_once(server):
   b = server.batcher
-  compiled = inference._jitted()[0]._cache_size()
+  compiled = inference._jitted("cpu")[0]._cache_size()
   assert request(server, "/api/synthesize", {"labels": png(labels()), "seed": 0})[0] == 200  # a batch of one
   calls0, requests0 = b.calls, b.requests
   results, errors = {}, []
@@ -205,7 +205,7 @@ def test_requests_are_batched_and_the_generator_compiles_once(server):
   assert not errors
   # several fill levels ran, all padded to one shape: no compilation after warm-up
   assert len(b.fills) >= 2 and b.shapes == {(4, SIZE, SIZE)}, (dict(b.fills), b.shapes)
-  assert inference._jitted()[0]._cache_size() == compiled
+  assert inference._jitted("cpu")[0]._cache_size() == compiled
   # an image does not depend on its batch neighbours
   for k in (0, 3):
     alone = request(server, "/api/synthesize", {"labels": png(labels(k)), "seed": k})[1]

@@ -45,6 +45,7 @@ def test_one_iteration_equals_the_official_trainer():
 
 def _iteration_parity(dtype, rel):
   config = tiny_config(use_vae=True, lambda_vgg=10.0, crop=32)
+  config.model.n_layers_D = 4  # the official discriminator
   config.train.batch_size = 2
   spec = StepSpec.from_config(config)
   spec = dataclasses.replace(spec, nets=dataclasses.replace(spec.nets, dtype=jnp.dtype(dtype)))
