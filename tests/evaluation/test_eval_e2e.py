@@ -29,7 +29,8 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
   weights = tmp_path / "pt_inception-random.pth"
   torch.save(randomize(TorchFIDInception()).state_dict(), weights)
   ov = {"data.root": tmp_path / "data", "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 8,
-        "data.demo_num_val": 5, "model.ngf": 4, "model.ndf": 4, "train.batch_size": 8, "train.num_steps": 1,
+        "data.demo_num_val": 5, "model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2, "train.batch_size": 8,
+        "train.num_steps": 1,
         "train.checkpoint_every": 1, "train.sample_every": 1000, "eval.every_steps": 0}
   subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'demo.py'}",
                   f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in ov.items()],
@@ -91,8 +92,9 @@ def test_eval_py_cityscapes_segmentation_with_drn(tmp_path):
   for split, n in (("train", 2), ("val", 3)):
     _write_cityscapes(tmp_path / "city", split, n, seed=len(split))
   ov = {"data.root": tmp_path / "city", "data.crop_size": 64, "data.load_size": 64,
-        "model.num_upsampling_layers": "normal", "model.ngf": 4, "model.ndf": 4, "train.batch_size": 2,
-        "train.num_steps": 1, "train.checkpoint_every": 1, "train.sample_every": 1000, "loss.lambda_vgg": 0.0}
+        "model.num_upsampling_layers": "normal", "model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2,
+        "train.batch_size": 2, "train.num_steps": 1, "train.checkpoint_every": 1, "train.sample_every": 1000,
+        "loss.lambda_vgg": 0.0}
   subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'cityscapes.py'}",
                   f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in ov.items()],
                  env=_env(tmp_path), check=True, capture_output=True, timeout=600)

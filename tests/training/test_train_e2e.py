@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 
 def _overrides(data, steps, every=2):
   return {"data.root": str(data), "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 16,
-          "data.demo_num_val": 4, "model.ngf": 4, "model.ndf": 4, "train.batch_size": 8, "train.log_every": 1,
-          "train.sample_every": 1000, "train.checkpoint_every": every, "train.num_steps": steps,
+          "data.demo_num_val": 4, "model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2, "train.batch_size": 8,
+          "train.log_every": 1, "train.sample_every": 1000, "train.checkpoint_every": every, "train.num_steps": steps,
           "train.progress_every_secs": 1.0, "eval.every_steps": 0}
 
 
