@@ -196,34 +196,44 @@ def _cost(compiled, lowered, chips: int):
   return None, None, "none"
 
 
-def compile_report(config, slice_: slices.Slice, what: str, devices=None) -> Report:
-  """Compiles `what` ('train' or 'synthesize') of `config` for the slice (its compile-only `devices`) and reports."""
+def lower(config, devices, what: str):
+  """`what` ('train' or 'synthesize') of `config` lowered for a mesh of compile-only `devices`."""
+  import jax
+  b = int(config.train.batch_size)
+  if b < 1 or b % len(devices):
+    raise ValueError(f"config.train.batch_size={b} must be a positive multiple of the {len(devices)} chips")
+  mesh = _mesh(devices)
+  jitted, args = _program(config, mesh, what)  # outside the mesh: nothing may run on compile-only devices
+  with jax.set_mesh(mesh):
+    return jitted.lower(*args)
+
+
+def compile_report(config, slice_: slices.Slice, what: str, devices=None, lowered=None) -> Report:
+  """Compiles `what` ('train' or 'synthesize') of `config` for the slice (its compile-only `devices`; `lowered`:
+  already lowered for them) and reports."""
   import jax
   devices = devices if devices is not None else slice_.devices()
   b = int(config.train.batch_size)
   if b < 1 or b % len(devices):
     raise ValueError(f"config.train.batch_size={b} must be a positive multiple of the {len(devices)} chips of "
                      f"{slice_.name}")
-  mesh = _mesh(devices)
-  jitted, args = _program(config, mesh, what)  # outside the mesh: nothing may run on compile-only devices
+  lowered = lowered if lowered is not None else lower(config, devices, what)
   dtype = str(config.model.dtype)
   report = functools.partial(
       Report, program=what, slice=slice_.name, chips=len(devices), global_batch=b, dtype=dtype,
       hbm=slice_.chip.hbm_bytes, peak_flops=slice_.chip.peak_bf16 if dtype == "bfloat16" else slice_.chip.peak_f32,
       hbm_bandwidth=slice_.chip.hbm_bandwidth)
-  with jax.set_mesh(mesh):
-    lowered = jitted.lower(*args)
-    t = time.perf_counter()
-    try:
-      compiled = lowered.compile()
-    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit
-      needed = _HBM_OOM.search(str(e))
-      if not needed:
-        raise
-      return report(compile_s=time.perf_counter() - t, arguments=0, outputs=0, aliased=0, code=0,
-                    temporaries=int(float(needed.group(1)) * _UNITS[needed.group(2)]), flops=None,
-                    bytes_accessed=None, flops_source="none (out of HBM at compile time)", collectives={})
-    seconds = time.perf_counter() - t
+  t = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit
+    needed = _HBM_OOM.search(str(e))
+    if not needed:
+      raise
+    return report(compile_s=time.perf_counter() - t, arguments=0, outputs=0, aliased=0, code=0,
+                  temporaries=int(float(needed.group(1)) * _UNITS[needed.group(2)]), flops=None,
+                  bytes_accessed=None, flops_source="none (out of HBM at compile time)", collectives={})
+  seconds = time.perf_counter() - t
   mem = compiled.memory_analysis()
   flops, accessed, source = _cost(compiled, lowered, len(devices))
   return report(compile_s=seconds, arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
