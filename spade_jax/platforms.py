@@ -45,7 +45,8 @@ def platform_of(where=None) -> str:
   return where.platform
 
 
-def _accum_dtype(x):
+def accum_dtype(x):
+  """At least float32: sums, statistics and gradients accumulate so also when activations are bfloat16."""
   return jnp.promote_types(x.dtype, jnp.float32)
 
 
@@ -208,7 +209,7 @@ def conv_input_grad(g, kernel, x_shape, stride: int, padding: int):
   _, h, w, _ = x_shape
   hp, wp = h + 2 * padding, w + 2 * padding
   cols = jnp.einsum("ko,po->kp", kernel.reshape(k * k * cin, cout), g.reshape(n * ho * wo, cout),
-                    preferred_element_type=_accum_dtype(g)).reshape(k, k, cin, n, ho, wo)
+                    preferred_element_type=accum_dtype(g)).reshape(k, k, cin, n, ho, wo)
   zero = jnp.zeros((), cols.dtype)
   dxp = None
   for i in range(k):
@@ -231,7 +232,7 @@ def conv_weight_grad(x, g, k: int, stride: int = 1):
   """
   n, ho, wo, cout = g.shape
   _, hp, wp, cin = x.shape
-  dot = lambda gt, xs: jnp.einsum("nol,nlc->oc", gt, xs, preferred_element_type=_accum_dtype(x))
+  dot = lambda gt, xs: jnp.einsum("nol,nlc->oc", gt, xs, preferred_element_type=accum_dtype(x))
   taps = []
   if stride == 1:
     g_t = jnp.pad(g, ((0, 0), (0, 0), (0, wp - wo), (0, 0))).reshape(n, ho * wp, cout).transpose(0, 2, 1)
@@ -308,7 +309,7 @@ def _pixel_broadcast_fwd(v, shape):
 
 
 def _pixel_broadcast_bwd(shape, v, g):
-  return (pixel_sum(g.astype(_accum_dtype(g)), v.ndim == 2).astype(v.dtype),)
+  return (pixel_sum(g.astype(accum_dtype(g)), v.ndim == 2).astype(v.dtype),)
 
 
 pixel_broadcast.defvjp(_pixel_broadcast_fwd, _pixel_broadcast_bwd)

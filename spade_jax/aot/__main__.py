@@ -3,9 +3,9 @@
   python -m spade_jax.aot --topology=v5e-8 --config=configs/coco_stuff.py [--config.x.y=v ...]
       [--what=train,synthesize] [--fill] [--hbm_gib=G] [--json=FILE]
 
-Exit status 0: every program fits the chip's HBM; 1: one does not (its `error:` line names the largest per-chip
-batch that would, found by compiling), or a bad flag or value (one `error:` line). Needs libtpu or the CUDA plugin
-(`make setup-aot`).
+Exit status 0: every program fits the chip's HBM; 1: one does not (its `error:` line names a per-chip batch that
+fits and the next one tried that does not, found by compiling), or a bad flag or value (one `error:` line). Needs
+libtpu or the CUDA plugin (`make setup-aot`).
 """
 import json
 import sys
@@ -41,7 +41,7 @@ def main(argv):
         raise ValueError(f"--hbm_gib must be positive, got {_HBM.value}")
       slice_ = slice_.with_hbm(int(_HBM.value * slices.GIB))
     config = _CONFIG.value
-    devices = slice_.devices()
+    devices = slice_.devices(_LIBS.value)
     rows, status = [], 0
     for program in what:
       print(f"compiling {program} for {slice_.name} ...", flush=True)

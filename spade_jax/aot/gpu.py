@@ -49,11 +49,10 @@ def ensure_plugin_path(libs_dir: str | os.PathLike | None = None) -> bool:
   set already. JAX_PLATFORMS=cpu also keeps jax from probing the side folder's libtpu when its backends start.
   """
   libs = (Path(libs_dir) if libs_dir is not None else DEFAULT_LIBS_DIR).resolve()
-  if not libs.is_dir():
-    return False
-  # A site directory, appended to the import path: a plugin or libtpu installed in site-packages keeps precedence.
-  site.addsitedir(str(libs))
-  importlib.invalidate_caches()
+  if libs.is_dir():  # else the plugin may still be installed in the environment (pip install .[aot])
+    # A site directory, appended to the import path: a plugin or libtpu in site-packages keeps precedence.
+    site.addsitedir(str(libs))
+    importlib.invalidate_caches()
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
   if importlib.util.find_spec(_PLUGIN_MODULE) is None:
     return False

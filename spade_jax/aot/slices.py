@@ -52,10 +52,11 @@ class Slice:
     """The same slice, planned against `hbm_bytes` per chip (headroom, or a share of the chip)."""
     return dataclasses.replace(self, chip=dataclasses.replace(self.chip, hbm_bytes=hbm_bytes))
 
-  def devices(self) -> list:
-    """Compile-only devices of the slice (no accelerator needed; libtpu or the CUDA plugin must be importable)."""
+  def devices(self, libs_dir=None) -> list:
+    """Compile-only devices of the slice (no accelerator needed; libtpu or the CUDA plugin must be importable, from
+    the environment or from `libs_dir`, default <venv>/aot-libs)."""
     if self.platform == "gpu":
-      return gpu.gpu_devices(self.topology, self.chips)
+      return gpu.gpu_devices(self.topology, self.chips, libs_dir=libs_dir)
     from jax.experimental import topologies
     try:
       desc = topologies.get_topology_desc(platform="tpu", topology_name=self.topology,
@@ -79,15 +80,12 @@ def _tpu_slices() -> dict[str, Slice]:
   ]:
     for n, shape in shapes.items():
       chips = n // cores_per_chip
-      dims = [int(d) for d in shape.split("x")]
       if chips == 1:
         bounds = (1, 1, 1)
       elif gen in ("v5e", "v6e") and chips == 8:
         bounds = (2, 4, 1)
       else:
         bounds = (2, 2, 1)
-      if len(dims) == 2 and chips < 4:
-        bounds = (dims[0], dims[1], 1)
       out[f"{gen}-{n}"] = Slice(f"{gen}-{n}", "tpu", TPU_CHIPS[gen], chips, f"{gen}:{shape}", bounds,
                                 "megacore" if cores_per_chip == 2 else "default")
   return out

@@ -143,9 +143,7 @@ class Dense(nn.Module):
     return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
-def _stats_dtype(x):
-  """Normalisation statistics in at least float32, also when activations are bfloat16."""
-  return jnp.promote_types(x.dtype, jnp.float32)
+_stats_dtype = platforms.accum_dtype  # normalisation statistics in at least float32
 
 
 def at_least_float32(x):
