@@ -100,14 +100,24 @@ def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fi
   import jax
 
   import spade_jax.inference
+  from spade_jax import checkpoints, parallel
   from spade_jax import config as spade_config
-  from spade_jax import parallel
+  from spade_jax.errors import UserError
   from spade_jax.evaluation import runner
   from spade_jax.training.writer import MetricWriter
 
+  if config is None and config_path:
+    config = spade_config.from_file(config_path)
+  if config is not None:  # checked against the checkpoint's own config before any weights are read
+    spade_config.validate(config)
+    ckdir, ckstep = checkpoints.resolve_checkpoint(workdir, step)
+    saved = spade_config.from_dict(checkpoints.read_config_dir(ckdir, ckstep))
+    mismatch = spade_config.state_mismatch(saved, config, ckdir.parent, keys=spade_config.SYNTHESIS_KEYS,
+                                           remedy="or leave out --config (the checkpoint's own config is used)")
+    if mismatch:
+      raise UserError(mismatch)
   syn = spade_jax.inference.load(workdir, step, use_ema=use_ema)
-  if config is None:
-    config = spade_config.from_file(config_path) if config_path else syn.config
+  config = config if config is not None else syn.config
   h, w = syn.image_size
   out = pathlib.Path(out or pathlib.Path(workdir) / "eval" / f"step_{syn.step}")
   batch_size = -(-batch_size // jax.process_count()) * jax.process_count()  # equal shares per process
@@ -136,9 +146,9 @@ def evaluate(workdir, *, step=None, config_path=None, inception_weights=None, fi
 
 def main(argv):
   del argv
-  if _DRN.value and _SEG_WEIGHTS.value and _DRN.value != _SEG_WEIGHTS.value:
-    raise app.UsageError("give --segmenter_weights or --drn_weights, not both")
   from spade_jax import cli
+  if _DRN.value and _SEG_WEIGHTS.value and _DRN.value != _SEG_WEIGHTS.value:
+    cli.fail("give --segmenter_weights or --drn_weights, not both")
   cli.quiet_libraries()
   with cli.user_errors():
     from spade_jax import parallel
@@ -152,4 +162,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  from spade_jax.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)

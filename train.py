@@ -1,8 +1,9 @@
 """Train SPADE: python train.py --config=configs/cityscapes.py --workdir=DIR [--config.x.y=v ...]
 
 Resumes from DIR's latest checkpoint by itself. Multi-host: launch one process per host (see README).
-A user error (a missing data folder, a bad config value) ends with one `error: ...` line; --verbosity=1 shows its
-traceback and the INFO lines of Orbax / JAX / Grain, hidden by default.
+A user's mistake (a config key that does not exist, a bad value, a missing data folder, a workdir another run is
+using) ends with one `error: ...` line and exit status 2; --verbosity=1 shows its traceback and the INFO lines of
+Orbax / JAX / Grain, hidden by default.
 """
 import sys
 
@@ -22,6 +23,8 @@ def main(argv):
   if launch.should_supervise():  # one of several processes: train in a child, report how it ended (see launch)
     sys.exit(launch.supervise(_WORKDIR.value))
   with cli.user_errors():
+    from spade_jax import config as spade_config
+    spade_config.validate(_CONFIG.value)  # every bad key named now, before JAX starts
     from spade_jax import parallel
     parallel.maybe_initialize_distributed()
     from spade_jax.training.loop import train_and_evaluate
@@ -32,4 +35,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from spade_jax.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)

@@ -1,8 +1,10 @@
 """Forward and forward + backward of each SPADE ResBlock of the COCO-Stuff generator, alone: ours (jitted) and
-PyTorch eager (tests/torch_reference.py), on the same shapes. Where the generator is slow, this says which block.
+PyTorch eager (spade_jax/testing/torch_reference.py), on the same shapes. Where the generator is slow, this says
+which block.
 
   python bench/blocks.py                      # ngf 64, 256x256, batch 1, label conv as the default config (auto)
   python bench/blocks.py --blocks=up_2,up_3 --label_conv=dense --no_torch
+  python bench/blocks.py --ngf=4 --size=32 --blocks=up_3 --steps=1   # a smoke run
 
 Train mode (batch statistics, one spectral-norm iteration); the loss is mean(y^2), differentiated w.r.t. the block's
 parameters and input. Min of --steps calls after a warm-up call.
@@ -10,22 +12,19 @@ parameters and input. Min of --steps calls after a warm-up call.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # components.py
-
-NGF, LABELS = 64, 183  # COCO-Stuff: 182 classes + don't-care, no instance edges (as bench/torch_compare.py)
-BLOCKS = {  # name: (fin, fout, resolution) at 256x256 output
-    "head_0": (16 * NGF, 16 * NGF, 8), "G_middle_0": (16 * NGF, 16 * NGF, 16), "up_0": (16 * NGF, 8 * NGF, 32),
-    "up_1": (8 * NGF, 4 * NGF, 64), "up_2": (4 * NGF, 2 * NGF, 128), "up_3": (2 * NGF, NGF, 256),
+LABELS = 183  # COCO-Stuff: 182 classes + don't-care, no instance edges (as bench/torch_compare.py)
+BLOCKS = {  # name: (fin, fout) in units of ngf, and the output size over the block's resolution
+    "head_0": (16, 16, 32), "G_middle_0": (16, 16, 16), "up_0": (16, 8, 8), "up_1": (8, 4, 4), "up_2": (4, 2, 2),
+    "up_3": (2, 1, 1),
 }
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--blocks", default=",".join(BLOCKS))
+  p.add_argument("--ngf", type=int, default=64)
+  p.add_argument("--size", type=int, default=256, help="the generator's output size (a multiple of 32)")
   p.add_argument("--label_conv", default="auto", choices=["auto", "dense", "gather"])
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -43,15 +42,18 @@ def main(argv=None):
   from spade_jax.platforms import label_conv_kind
   gather = label_conv_kind(ml_collections.ConfigDict({"model": {"spade_label_conv": args.label_conv}})) == "gather"
   rng = np.random.default_rng(0)
-  label = rng.integers(0, LABELS, (1, 16, 16)).repeat(16, 1).repeat(16, 2)
+  size = args.size
+  label = rng.integers(0, LABELS, (1, size // 16, size // 16)).repeat(16, 1).repeat(16, 2)
   onehot = np.eye(LABELS, dtype=np.float32)[label]
-  seg = (jnp.asarray(label[..., None].astype(np.int32)), jnp.zeros((1, 256, 256, 0))) if gather else jnp.asarray(onehot)
+  ids = (jnp.asarray(label[..., None].astype(np.int32)), jnp.zeros((1, size, size, 0)))
+  seg = ids if gather else jnp.asarray(onehot)
   jit = lambda f: jax.jit(f, compiler_options=platforms.compiler_options())
-  print(f"SPADE ResBlocks, COCO-Stuff ngf {NGF}, batch 1, label conv {'gather' if gather else 'dense'}; seconds")
+  print(f"SPADE ResBlocks, COCO-Stuff ngf {args.ngf}, {size}x{size}, batch 1, label conv "
+        f"{'gather' if gather else 'dense'}; seconds")
   print("| block | shape | PyTorch fwd | PyTorch fwd+bwd | ours fwd | ours fwd+bwd | PyTorch / ours fwd+bwd |")
   print("|---|---|---:|---:|---:|---:|---:|")
   for name in args.blocks.split(","):
-    fin, fout, r = BLOCKS[name]
+    fin, fout, r = args.ngf * BLOCKS[name][0], args.ngf * BLOCKS[name][1], size // BLOCKS[name][2]
     x = rng.normal(size=(1, r, r, fin)).astype(np.float32)
     block = SPADEResnetBlock(fout, label_channels=LABELS if gather else 0)
     variables = block.init(jax.random.key(0), jnp.asarray(x), seg)
@@ -67,7 +69,7 @@ def main(argv=None):
     if not args.no_torch:
       import torch
 
-      from tests import torch_reference as ref
+      from spade_jax.testing import torch_reference as ref
       torch.set_num_threads(args.threads)
       t_block = ref.SPADEResnetBlock(fin, fout, LABELS).train()
       xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)

@@ -1,7 +1,8 @@
 """Per-component times of a SPADE train iteration, in JAX (jitted) and in PyTorch eager, on the same shapes.
 
 Used by bench/speed.py (JAX) and bench/torch_compare.py (both): a regression shows up in the component where it
-happens, not only in the whole iteration. Components (batch B, fp32 unless the config says otherwise):
+happens, not only in the whole iteration. Also the benches' shared helpers: `load_config` (a --preset flag's value),
+`random_inputs` and `_best`. Components (batch B, fp32 unless the config says otherwise):
 - G fwd: the generator in train mode (batch statistics, spectral-norm iteration), B label maps -> B images;
 - G fwd+bwd: the same plus the gradient of a scalar of the output w.r.t. G's parameters;
 - D fwd+bwd: the multiscale discriminator on [fake; real] (2B), gradients w.r.t. its parameters and its input;
@@ -13,6 +14,19 @@ import functools
 import time
 
 COMPONENTS = ("G fwd", "G fwd+bwd", "D fwd+bwd", "VGG fwd+bwd")
+
+
+def load_config(name: str, ngf: int = 0, crop: int = 0):
+  """A library preset (spade_jax.config.preset: coco_stuff, cityscapes, ...) or the get_config() of a config .py
+  file at that path; `ngf`, `crop`: when set, the generator's width and the crop (and load) size, for a smaller
+  or quicker run."""
+  from spade_jax import config as spade_config
+  config = spade_config.from_file(name) if name.endswith(".py") else spade_config.preset(name)
+  if ngf:
+    config.model.ngf = ngf
+  if crop:
+    config.data.crop_size = config.data.load_size = crop
+  return config
 
 
 def _best(fn, repeats):
@@ -87,13 +101,13 @@ def torch_times(config, batch, repeats=2, threads=None) -> dict:
   """Seconds per call of each component in PyTorch eager on the parity tests' reference modules."""
   import torch
 
-  from spade_jax.models import semantic_nc
-  from tests import torch_reference as ref
+  from spade_jax.semantics import semantic_channels
+  from spade_jax.testing import torch_reference as ref
   if threads:
     torch.set_num_threads(threads)
   torch.manual_seed(0)
   d, m = config.data, config.model
-  s = semantic_nc(d)
+  s = semantic_channels(d)
   G = ref.SPADEGenerator(s, ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=d.crop_size,
                          aspect_ratio=d.aspect_ratio, param_free_norm=m.param_free_norm)
   D = ref.MultiscaleDiscriminator(s + 3, ndf=m.ndf)

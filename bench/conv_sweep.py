@@ -2,6 +2,7 @@
 
   python bench/conv_sweep.py                      # COCO-Stuff 256x256, ngf 64, batch 1 (the benchmark)
   python bench/conv_sweep.py --preset=cityscapes --batch=2 --top=12
+  python bench/conv_sweep.py --ngf=4 --crop=32 --repeats=1 --top=1   # a smoke run
 
 Lists the distinct convolution shapes of one train step (G, D, E; VGG uses flax's conv and needs no weight
 gradient), and for each: how often the step runs it, XLA's forward, the input gradient both ways (XLA's, and the
@@ -18,12 +19,8 @@ import argparse
 import collections
 import dataclasses
 import functools
-import importlib
-import pathlib
 import sys
 import time
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def conv_shapes(config, batch):
@@ -62,23 +59,25 @@ def conv_shapes(config, batch):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--preset", default="coco_stuff")
+  p.add_argument("--preset", default="coco_stuff", help="a library preset or a config .py file")
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--ngf", type=int, default=0)
+  p.add_argument("--ngf", type=int, default=0, help="override ngf and ndf (0: the preset's)")
+  p.add_argument("--crop", type=int, default=0, help="override crop_size (0: the preset's)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--top", type=int, default=0, help="only the N shapes with the most forward FLOPs (0: all)")
   p.add_argument("--xla_defaults", action="store_true", help="compile with XLA's default options, not the project's")
   args = p.parse_args(argv)
 
+  import components
   import jax
   import jax.numpy as jnp
   import numpy as np
 
   from spade_jax import platforms
   jit = functools.partial(jax.jit, compiler_options=None if args.xla_defaults else platforms.compiler_options())
-  config = importlib.import_module(f"configs.{args.preset}").get_config()
+  config = components.load_config(args.preset, args.ngf, args.crop)
   if args.ngf:
-    config.model.ngf = config.model.ndf = args.ngf
+    config.model.ndf = args.ngf
   shapes = conv_shapes(config, args.batch)
 
   def flops(key):

@@ -7,8 +7,8 @@
 #   bash bench/device_check.sh            # output also in $OUT (or bench_out/): device_check.log
 #
 # It runs where the image has jax (CUDA), flax, optax, orbax, torch, absl-py and PyYAML but no grain, clu or
-# ml_collections and no internet: nothing here imports grain or clu, and ml_collections (pure Python, for configs/)
-# is installed from the wheel beside this script into a temporary folder.
+# ml_collections and no internet: nothing here imports grain or clu, and ml_collections (pure Python, for
+# spade_jax.config) is installed from the wheel beside this script into a temporary folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench_out}

@@ -30,8 +30,8 @@ def _bench(fn, x, iters):
   return iters * x.shape[0] / (time.perf_counter() - t0)
 
 
-def main():
-  ap = argparse.ArgumentParser()
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--iters", type=int, default=3)
   ap.add_argument("--drn-size", default="256x512")
@@ -42,7 +42,7 @@ def main():
   ap.add_argument("--seg-size", type=int, default=256)
   ap.add_argument("--skip-upernet", action="store_true")
   ap.add_argument("--skip-deeplab", action="store_true")
-  a = ap.parse_args()
+  a = ap.parse_args(argv)
   print(f"devices: {jax.devices()}")
   rng = np.random.default_rng(0)
   if not a.skip_inception:

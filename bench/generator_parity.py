@@ -1,7 +1,9 @@
-"""The generator on this machine's accelerator against the PyTorch reference (tests/torch_reference.py): max |diff|.
+"""The generator on this machine's accelerator against the PyTorch reference (spade_jax/testing/torch_reference.py):
+max |diff|.
 
   python bench/generator_parity.py                      # COCO-Stuff generator (ngf 64, 256x256), batch 4
   python bench/generator_parity.py --ngf=16 --crop=64   # a quick run on a CPU
+  python bench/generator_parity.py --ngf=4 --crop=32 --label_nc=6 --batch=2 --precisions=highest   # a smoke run
 
 The same random weights (the official key layout, converted by spade_jax.weights.official) in both; eval mode and
 train mode (batch statistics, one spectral-norm power iteration). JAX runs on its default device in float32, with
@@ -12,10 +14,6 @@ a GPU, where CI cannot.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None):
@@ -24,6 +22,7 @@ def main(argv=None):
   p.add_argument("--crop", type=int, default=256)
   p.add_argument("--label_nc", type=int, default=184)
   p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--precisions", default="default,highest", help="JAX matmul precisions to compare")
   args = p.parse_args(argv)
 
   import jax
@@ -31,8 +30,8 @@ def main(argv=None):
   import torch
 
   from spade_jax.models import SPADEGenerator
+  from spade_jax.testing import torch_reference as ref
   from spade_jax.weights.official import torch_to_variables
-  from tests import torch_reference as ref
 
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
@@ -53,7 +52,7 @@ def main(argv=None):
   for train in (False, True):
     with torch.no_grad():
       theirs = t.train(train)(sem_t.double()).numpy().transpose(0, 2, 3, 1)  # eval first: u, v unchanged
-    for precision in ("default", "highest"):
+    for precision in args.precisions.split(","):
       with jax.default_matmul_precision(precision):
         fn = jax.jit(lambda v, x: g.apply(v, x, train=train, mutable=["batch_stats", "spectral"] if train else False))
         out = fn(variables, sem)

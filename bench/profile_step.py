@@ -3,6 +3,7 @@
   pip install xprof                                   # the profile reader (not a dependency of the project)
   python bench/profile_step.py                        # COCO-Stuff 256x256, ngf 64, batch 1, VGG on
   python bench/profile_step.py --crop=128 --batch=2 --top=40
+  python bench/profile_step.py --ngf=4 --crop=32 --batch=2 --top=3 --no_vgg   # a smoke run
 
 Traces one iteration with jax.profiler after a warm-up, reads the trace with xprof, and maps each executed XLA
 operation to the JAX code that made it (the HLO's op_name metadata): totals per (network, forward/backward), per
@@ -14,14 +15,10 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import importlib
 import pathlib
 import re
 import sys
 import tempfile
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 NETWORKS = ("SPADEGenerator", "MultiscaleDiscriminator", "VGG19", "ConvEncoder")
 
@@ -41,8 +38,10 @@ def _kind(name: str, op_name: str) -> str:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--preset", default="coco_stuff")
-  p.add_argument("--crop", type=int, default=0)
+  p.add_argument("--preset", default="coco_stuff", help="a library preset or a config .py file")
+  p.add_argument("--ngf", type=int, default=0, help="override ngf (0: the preset's)")
+  p.add_argument("--crop", type=int, default=0, help="override crop_size (0: the preset's)")
+  p.add_argument("--no_vgg", action="store_true")
   p.add_argument("--hlo", default="", help="also write the compiled program's HLO text here")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--label_conv", default="auto", choices=["auto", "dense", "gather"])
@@ -55,19 +54,19 @@ def main(argv=None):
 
   import jax
   import numpy as np
-  from components import random_inputs
+  from components import load_config, random_inputs
 
   from spade_jax import parallel
   from spade_jax.models import VGG19
   from spade_jax.training.state import create_train_state
 
-  config = importlib.import_module(f"configs.{args.preset}").get_config()
+  config = load_config(args.preset, args.ngf, args.crop)
   config.data.no_instance = True
   config.train.batch_size = args.batch
   config.model.spade_label_conv = args.label_conv
   from spade_jax.platforms import label_conv_kind
-  if args.crop:
-    config.data.crop_size = config.data.load_size = args.crop
+  if args.no_vgg:
+    config.loss.lambda_vgg = 0.0
   mesh = parallel.make_mesh(1)
   state, setup = create_train_state(config, mesh)
   label, image = random_inputs(config, args.batch)

@@ -3,6 +3,7 @@
   python bench/speed.py                                        # COCO-Stuff 256x256 and Cityscapes 256x512, fp32
   python bench/speed.py --presets=coco_stuff --dtype=bfloat16 --batch=32 --what=train,infer --infer_batch=128
   python bench/speed.py --label_conv=gather --remat --grad_accum=2 --devices=8
+  python bench/speed.py --presets=coco_stuff --ngf=4 --crop=32 --batch=2 --infer_batch=2 --steps=1  # a smoke run
 
 Columns: images/s of a train iteration (G step + D step, VGG loss included, as the official trainer) and of
 generator inference (eval mode, label ids in, image out); compile time; peak memory: XLA's estimate for the
@@ -16,16 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import os
 import pathlib
 import platform
 import resource
-import sys
 import time
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # components.py
 
 # Dense peak FLOP/s per device (vendor data sheets; bf16 without sparsity, fp32 = TF32 tensor cores on NVIDIA,
 # which XLA uses for fp32 convolutions by default). Matched by substring of jax's device_kind.
@@ -72,7 +68,7 @@ def _time(fn, steps):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--presets", default="coco_stuff,cityscapes")
+  p.add_argument("--presets", default="coco_stuff,cityscapes", help="presets or config .py files, comma-separated")
   p.add_argument("--what", default="train,infer", help="train and/or infer")
   p.add_argument("--batch", type=int, default=1, help="global train batch")
   p.add_argument("--infer_batch", type=int, default=8)
@@ -83,10 +79,12 @@ def main(argv=None):
   p.add_argument("--label_conv", default="auto", choices=["auto", "dense", "gather"])
   p.add_argument("--grad_accum", type=int, default=1)
   p.add_argument("--ngf", type=int, default=0, help="override ngf (0: the preset's 64)")
+  p.add_argument("--crop", type=int, default=0, help="override crop_size (0: the preset's)")
   p.add_argument("--no_vgg", action="store_true")
   p.add_argument("--components", action="store_true", help="also time G fwd, G fwd+bwd, D fwd+bwd, VGG fwd+bwd")
   args = p.parse_args(argv)
 
+  import components
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -116,9 +114,8 @@ def main(argv=None):
           f"{fpi / 1e9:.0f} | {fps / 1e12:.3f} | {mfu} |", flush=True)
 
   for preset in args.presets.split(","):
-    config = importlib.import_module(f"configs.{preset}").get_config()
-    if args.ngf:
-      config.model.ngf = args.ngf
+    config = components.load_config(preset, args.ngf, args.crop)
+    preset = pathlib.Path(preset).stem  # a config file's rows are named after it
     if args.no_vgg:
       config.loss.lambda_vgg = 0.0
     config.train.batch_size = args.batch
@@ -176,8 +173,7 @@ def main(argv=None):
         blocks = rng.integers(0, 4, (bs, h // 32, w // 32)).repeat(32, 1).repeat(32, 2)
         batch["instance"] = jnp.asarray(blocks, jnp.int32)
       # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
-      generate = lambda n: jax.jit(lambda v, b, z: n.G.apply(v, n.semantics(b), z, train=False),
-                                   compiler_options=platforms.compiler_options())
+      generate = lambda n: jax.jit(n.synthesize, compiler_options=platforms.compiler_options())
       flops = generate(dense_nets).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
       t = time.perf_counter()
       compiled = generate(nets).lower(variables, batch, z).compile()
@@ -187,7 +183,6 @@ def main(argv=None):
                    _device_peak(dev), flops / bs, flops / dt)
 
     if args.components:
-      import components
       for name, seconds in components.jax_times(config, args.batch, args.steps).items():
         component_rows.append((preset, name, args.batch, seconds))
 

@@ -4,38 +4,34 @@ this machine, as ratios.
   python bench/torch_compare.py                       # COCO-Stuff 256x256, ngf 64, batch 1, VGG loss on
   python bench/torch_compare.py --preset=coco_stuff --crop=128 --batch=2
   python bench/torch_compare.py --preset=cityscapes --ngf=32 --threads=2 --no_components
+  python bench/torch_compare.py --ngf=4 --crop=32 --batch=2 --steps=1 --infer_batch=2 --no_vgg  # a smoke run
 
-PyTorch runs the reference networks the parity tests use (tests/torch_reference.py, the official module layout):
-G step (G forward, D on [fake; real], hinge + feature matching + VGG, backward, Adam) then D step (G forward
-without gradients, D on [fake; real] detached, hinge, backward, Adam), as the official trainer. Components as in
-bench/components.py; inference is the generator in eval mode on a batch of one-hot maps (--infer_batch). Every
-time is the minimum over --steps calls after a warm-up call (and, for JAX, compilation). Both sides use float32,
-random weights and the same input sizes. Needs the test extra (torch). Prints one table.
+PyTorch runs the reference networks the parity tests use (spade_jax/testing/torch_reference.py, the official
+module layout): G step (G forward, D on [fake; real], hinge + feature matching + VGG, backward, Adam) then D step
+(G forward without gradients, D on [fake; real] detached, hinge, backward, Adam), as the official trainer.
+Components as in bench/components.py; inference is the generator in eval mode on a batch of one-hot maps
+(--infer_batch). Every time is the minimum over --steps calls after a warm-up call (and, for JAX, compilation).
+Both sides use float32, random weights and the same input sizes. Needs the test extra (torch). Prints one table.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import pathlib
-import sys
 import time
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 def torch_iteration_seconds(config, batch, steps, threads):
   import numpy as np
   import torch
 
-  from spade_jax.models import output_size, semantic_nc
-  from tests import torch_reference as ref
+  from spade_jax.models import output_size
+  from spade_jax.semantics import semantic_channels
+  from spade_jax.testing import torch_reference as ref
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   d, m, l = config.data, config.model, config.loss
   h, w = output_size(d.crop_size, d.aspect_ratio, m.num_upsampling_layers)
-  s = semantic_nc(d)
+  s = semantic_channels(d)
   G = ref.SPADEGenerator(s, ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=d.crop_size,
                          aspect_ratio=d.aspect_ratio, param_free_norm=m.param_free_norm)
   D = ref.MultiscaleDiscriminator(s + 3, ndf=m.ndf)
@@ -85,11 +81,11 @@ def torch_inference_seconds(config, batch, steps, threads):
   import torch
   from components import random_inputs
 
-  from spade_jax.models import semantic_nc
-  from tests import torch_reference as ref
+  from spade_jax.semantics import semantic_channels
+  from spade_jax.testing import torch_reference as ref
   torch.set_num_threads(threads)
   d, m = config.data, config.model
-  s = semantic_nc(d)
+  s = semantic_channels(d)
   G = ref.SPADEGenerator(s, ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=d.crop_size,
                          aspect_ratio=d.aspect_ratio, param_free_norm=m.param_free_norm).eval()
   label, _ = random_inputs(config, batch)
@@ -127,7 +123,7 @@ def jax_inference_seconds(config, batch, steps):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--preset", default="coco_stuff")
+  p.add_argument("--preset", default="coco_stuff", help="a library preset or a config .py file")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--ngf", type=int, default=0)
   p.add_argument("--steps", type=int, default=2)
@@ -139,6 +135,7 @@ def main(argv=None):
   p.add_argument("--no_components", action="store_true")
   args = p.parse_args(argv)
 
+  import components
   import jax
   import numpy as np
 
@@ -146,17 +143,12 @@ def main(argv=None):
   from spade_jax.models import VGG19
   from spade_jax.training.state import create_train_state
 
-  config = importlib.import_module(f"configs.{args.preset}").get_config()
+  config = components.load_config(args.preset, args.ngf, args.crop)
   config.data.no_instance = True  # the torch side feeds no edge channel either
   config.model.use_vae = False
-  if args.ngf:
-    config.model.ngf = args.ngf
   if args.no_vgg:
     config.loss.lambda_vgg = 0.0
-  if args.crop:
-    config.data.crop_size = config.data.load_size = args.crop
   config.model.spade_label_conv = args.label_conv
-  import components
 
   from spade_jax.platforms import label_conv_kind
   rows = []

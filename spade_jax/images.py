@@ -9,7 +9,7 @@ import numpy as np
 
 from spade_jax import colormap
 
-__all__ = ["to_uint8", "tensor2im", "image_grid", "sample_grid", "colorize_labels"]
+__all__ = ["to_uint8", "image_grid", "sample_grid", "colorize_labels"]
 
 
 def to_uint8(images) -> np.ndarray:
@@ -19,7 +19,6 @@ def to_uint8(images) -> np.ndarray:
   return np.clip((x + np.float32(1)) / np.float32(2) * np.float32(255), 0, 255).astype(np.uint8)
 
 
-tensor2im = to_uint8  # the official name, used by the notebook API
 
 
 def image_grid(rows, pad: int = 2, pad_value: int = 255) -> np.ndarray:

@@ -8,7 +8,7 @@
 rebuilds the networks from the config saved with it. Inputs follow the data pipeline's rules: label and instance maps
 are resized to the model's output size with PIL NEAREST, style images with PIL BICUBIC; raw label 255 is the
 don't-care slot; ids are checked against the model's classes. Outputs are uint8 RGB, truncated like the official
-`tensor2im` (clip((x + 1) / 2 * 255, 0, 255).astype(uint8)).
+`to_uint8` (the official tensor2im: clip((x + 1) / 2 * 255, 0, 255).astype(uint8)).
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from PIL import Image
 
 from spade_jax import platforms
 from spade_jax.checkpoints import resolve_checkpoint
-from spade_jax.images import tensor2im
-from spade_jax.semantics import label_channels, make_semantics
+from spade_jax.errors import UserError
+from spade_jax.images import to_uint8
+from spade_jax.semantics import label_channels
 
-__all__ = ["load", "Synthesizer", "resolve_checkpoint", "tensor2im"]
+__all__ = ["load", "Synthesizer", "resolve_checkpoint", "to_uint8"]
 
 
 def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = True) -> Synthesizer:
@@ -43,7 +44,7 @@ def load(checkpoint, step: int | None = None, *, device=None, use_ema: bool = Tr
     step = latest_step(ckdir)
   trees = restore_subtrees(ckdir, ("g", "e") + (("ema",) if use_ema else ()), step, device=device)
   if "g" not in trees:
-    raise ValueError(f"checkpoint {ckdir}/{step} has no generator ('g') in its state")
+    raise UserError(f"checkpoint {ckdir}/{step} has no generator ('g') in its state")
   g, e = synthesis_variables(trees)
   return Synthesizer(config, g, e, step=step, source=str(ckdir), weights="ema" if "ema" in trees else "live")
 
@@ -65,7 +66,7 @@ def _as_items(x, what: str, color_ok: bool) -> list:
     return list(a)
   if a.ndim == 4 and color_ok and a.shape[-1] in (3, 4):
     return list(a)
-  raise ValueError(f"{what}: expected an HxW map, an NxHxW batch, a PIL image or a list of them; got an array of "
+  raise UserError(f"{what}: expected an HxW map, an NxHxW batch, a PIL image or a list of them; got an array of "
                    f"shape {a.shape}")
 
 
@@ -77,21 +78,19 @@ def _open(item):
   return item
 
 
-def _generate(generator, label_nc, contain_dontcare_label, no_instance, g_vars, label, instance, z):
-  sem = make_semantics(label, instance, label_nc=label_nc, contain_dontcare_label=contain_dontcare_label,
-                       no_instance=no_instance)
-  return generator.apply(g_vars, sem, z, train=False).astype(jax.numpy.float32)
+def _generate(nets, g_vars, label, instance, z):
+  return nets.synthesize(g_vars, {"label": label, "instance": instance}, z)
 
 
-def _encode(encoder, e_vars, image):
-  return encoder.apply(e_vars, image, train=False)
+def _encode(nets, e_vars, image):
+  return nets.encode(e_vars, image)
 
 
 @functools.cache
 def _jitted(platform: str):
   """(generate, encode) for `platform`, jitted once per process (after the backend is up)."""
   options = platforms.compiler_options(platform)
-  return (jax.jit(_generate, static_argnums=(0, 1, 2, 3), compiler_options=options),
+  return (jax.jit(_generate, static_argnums=0, compiler_options=options),
           jax.jit(_encode, static_argnums=0, compiler_options=options))
 
 
@@ -106,7 +105,8 @@ class Synthesizer:
   def __init__(self, config, g_variables, e_variables=None, *, step: int | None = None, source: str = "",
                weights: str = "live"):
     from spade_jax import colormap
-    from spade_jax.models import build_encoder, build_generator, output_size
+    from spade_jax.models import output_size
+    from spade_jax.networks import Networks
     self.config = config
     self.step, self.source, self.weights = step, source, weights
     d, m = config.data, config.model
@@ -118,8 +118,9 @@ class Synthesizer:
     self.use_vae = bool(m.use_vae)
     leaf = jax.tree.leaves(g_variables)[0]  # the generator runs where its weights lie
     platform = platforms.platform_of(leaf.devices() if isinstance(leaf, jax.Array) else None)
-    self.generator = build_generator(config, platform=platform)
-    self.encoder = build_encoder(config) if (self.use_vae and e_variables is not None) else None
+    self.nets = Networks.from_config(config, platform=platform)
+    self.generator = self.nets.G
+    self.encoder = self.nets.E if e_variables is not None else None
     self.has_encoder = self.encoder is not None
     self._g_vars = {k: v for k, v in g_variables.items() if k in ("params", "batch_stats", "spectral")}
     self._e_vars = ({k: v for k, v in e_variables.items() if k in ("params", "batch_stats", "spectral")}
@@ -127,9 +128,8 @@ class Synthesizer:
     # Module-level jitted functions with the (hashable) networks as static arguments: one compilation per network
     # and input shape, shared by every Synthesizer of the same architecture in the process.
     generate, encode = _jitted(platform)
-    self._generate = functools.partial(generate, self.generator, self.label_nc, self.contain_dontcare_label,
-                                       self.no_instance)
-    self._encode = functools.partial(encode, self.encoder)
+    self._generate = functools.partial(generate, self.nets)
+    self._encode = functools.partial(encode, self.nets)
 
   def __repr__(self):
     h, w = self.image_size
@@ -147,7 +147,7 @@ class Synthesizer:
       img = Image.fromarray(a)  # mode L
     else:
       if a.min(initial=0) < np.iinfo(np.int32).min or a.max(initial=0) > np.iinfo(np.int32).max:
-        raise ValueError("label / instance ids must fit in int32")
+        raise UserError("label / instance ids must fit in int32")
       img = Image.fromarray(a.astype(np.int32))  # mode I
     return np.asarray(img.resize((w, h), Image.Resampling.NEAREST)).astype(np.int32)
 
@@ -161,20 +161,20 @@ class Synthesizer:
       elif item.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
         a = np.asarray(item)
       else:
-        raise ValueError(f"{what}: unsupported PIL mode {item.mode!r} for a label/instance map")
+        raise UserError(f"{what}: unsupported PIL mode {item.mode!r} for a label/instance map")
     else:
       a = np.asarray(item)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
       if palette is False:
-        raise ValueError(f"{what} is an RGB image; instance maps must be single-channel ids")
+        raise UserError(f"{what} is an RGB image; instance maps must be single-channel ids")
       if np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{what}: colour-coded labels must be uint8 RGB")
+        raise UserError(f"{what}: colour-coded labels must be uint8 RGB")
       return self._resize_ids(decode_color_label(a[..., :3], self.palette if palette is None else palette)), True
     if a.ndim != 2:
-      raise ValueError(f"{what}: expected an HxW map, got shape {a.shape}")
+      raise UserError(f"{what}: expected an HxW map, got shape {a.shape}")
     if np.issubdtype(a.dtype, np.floating):
       if not np.all(a == np.round(a)):
-        raise ValueError(f"{what}: label/instance maps must hold integer ids (got non-integer floats)")
+        raise UserError(f"{what}: label/instance maps must hold integer ids (got non-integer floats)")
       a = a.astype(np.int64)
     elif a.dtype == bool:
       a = a.astype(np.uint8)
@@ -185,7 +185,7 @@ class Synthesizer:
     from spade_jax.semantics import check_label_range
     items = _as_items(labels, "labels", color_ok=True)
     if not items:
-      raise ValueError("no label maps given")
+      raise UserError("no label maps given")
     out = []
     for i, item in enumerate(items):
       name = str(item) if isinstance(item, (str, os.PathLike)) else f"labels[{i}]"
@@ -199,7 +199,7 @@ class Synthesizer:
   def prepare_instances(self, instances, n: int) -> np.ndarray:
     items = _as_items(instances, "instances", color_ok=False)
     if len(items) not in (1, n):
-      raise ValueError(f"{len(items)} instance maps for {n} label maps")
+      raise UserError(f"{len(items)} instance maps for {n} label maps")
     arrs = [self._ids(it, str(it) if isinstance(it, (str, os.PathLike)) else f"instances[{i}]", False)[0]
             for i, it in enumerate(items)]
     return np.stack(arrs * (n if len(arrs) == 1 else 1))
@@ -209,7 +209,7 @@ class Synthesizer:
     from spade_jax.data.transforms import image_to_array
     items = _as_items(style, "style", color_ok=True)
     if len(items) not in (1, n):
-      raise ValueError(f"{len(items)} style images for {n} label maps (give one, or one per label map)")
+      raise UserError(f"{len(items)} style images for {n} label maps (give one, or one per label map)")
     h, w = self.image_size
     arrs = []
     for it in items:
@@ -217,7 +217,7 @@ class Synthesizer:
       if not isinstance(it, Image.Image):
         a = np.asarray(it)
         if a.dtype != np.uint8 or a.ndim not in (2, 3):
-          raise ValueError(f"style images must be PIL images or uint8 HxWx3 arrays, got {a.dtype} {a.shape}")
+          raise UserError(f"style images must be PIL images or uint8 HxWx3 arrays, got {a.dtype} {a.shape}")
         it = Image.fromarray(a)
       it = it.convert("RGB")
       if it.size != (w, h):
@@ -229,10 +229,10 @@ class Synthesizer:
   def encode_style(self, style, n: int = 1):
     """Style image(s) -> (mu, logvar), each (N, 256), from the VAE encoder."""
     if not self.use_vae:
-      raise ValueError("this generator was trained without the VAE encoder (use_vae=False): it takes no style "
+      raise UserError("this generator was trained without the VAE encoder (use_vae=False): it takes no style "
                        "image; its output is determined by the label map alone")
     if not self.has_encoder:
-      raise ValueError("this checkpoint has no encoder ('e'), so style images cannot be encoded; convert it with "
+      raise UserError("this checkpoint has no encoder ('e'), so style images cannot be encoded; convert it with "
                        "--encoder=latest_net_E.pth, or synthesize with random styles (style=None, seed=...)")
     mu, logvar = self._encode(self._e_vars, self.prepare_style(style, n))
     return np.asarray(mu), np.asarray(logvar)
@@ -271,13 +271,13 @@ class Synthesizer:
     return_float: the generator's raw [-1, 1] float32 output instead of uint8.
     """
     if num_samples < 1:
-      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+      raise UserError(f"num_samples must be >= 1, got {num_samples}")
     if not self.use_vae:
       if style is not None:
-        raise ValueError("this generator was trained without the VAE encoder (use_vae=False): it takes no style "
+        raise UserError("this generator was trained without the VAE encoder (use_vae=False): it takes no style "
                          "image; its output is determined by the label map alone")
       if num_samples > 1:
-        raise ValueError("num_samples > 1 needs a VAE generator; this one (use_vae=False) is deterministic")
+        raise UserError("num_samples > 1 needs a VAE generator; this one (use_vae=False) is deterministic")
     label = self.prepare_labels(labels, palette)
     n = len(label)
     instance = None
@@ -293,19 +293,19 @@ class Synthesizer:
                     stacklevel=2)
     if z is not None:
       if not self.use_vae:
-        raise ValueError("z was given, but this generator (use_vae=False) takes no latent code")
+        raise UserError("z was given, but this generator (use_vae=False) takes no latent code")
       if style is not None:
-        raise ValueError("give either z or style, not both")
+        raise UserError("give either z or style, not both")
       z = np.asarray(z, np.float32)
       if z.shape != (n * num_samples, self.generator.z_dim):
-        raise ValueError(f"z must have shape ({n * num_samples}, {self.generator.z_dim}), got {z.shape}")
+        raise UserError(f"z must have shape ({n * num_samples}, {self.generator.z_dim}), got {z.shape}")
     elif self.use_vae:
       z = self.latents(n, style, seed, num_samples, sample_style)
     if num_samples > 1:
       label = np.repeat(label, num_samples, 0)
       instance = None if instance is None else np.repeat(instance, num_samples, 0)
     out = np.asarray(self._generate(self._g_vars, label, instance, z))
-    out = out if return_float else tensor2im(out)
+    out = out if return_float else to_uint8(out)
     if num_samples > 1:
       out = out.reshape(n, num_samples, *out.shape[1:])
     return out

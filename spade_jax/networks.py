@@ -11,9 +11,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from spade_jax.models import build_discriminator, build_encoder, build_generator, output_size, semantic_nc
+from spade_jax.models import build_discriminator, build_encoder, build_generator, output_size
 from spade_jax.models.factory import compute_dtype
-from spade_jax.semantics import make_semantics
+from spade_jax.semantics import make_semantics, semantic_channels
 
 __all__ = ["Networks", "synthesis_variables"]
 
@@ -41,13 +41,23 @@ class Networks:
         E=build_encoder(config) if config.model.use_vae else None,
         label_nc=d.label_nc, contain_dontcare_label=d.contain_dontcare_label, no_instance=d.no_instance,
         image_size=output_size(d.crop_size, d.aspect_ratio, config.model.num_upsampling_layers),
-        semantic_nc=semantic_nc(d), dtype=compute_dtype(config.model))
+        semantic_nc=semantic_channels(d), dtype=compute_dtype(config.model))
 
   def semantics(self, batch):
     """A batch's label (+ instance) ids -> G's and D's one-hot semantic input, in the compute dtype."""
     return make_semantics(batch["label"], batch.get("instance"), label_nc=self.label_nc,
                           contain_dontcare_label=self.contain_dontcare_label, no_instance=self.no_instance,
                           dtype=self.dtype or jnp.float32)
+
+  def synthesize(self, g_vars, batch, z=None):
+    """Eval-mode synthesis, the one way every program runs it (sample grids, evaluation, the notebook API, the
+    painter, the ahead-of-time check, the benches): a batch's label (+ instance) ids and, for a VAE generator, z
+    (None: sampled with the 'noise' RNG) -> float32 images in [-1, 1]."""
+    return self.G.apply(g_vars, self.semantics(batch), z, train=False).astype(jnp.float32)
+
+  def encode(self, e_vars, images):
+    """(mu, logvar) of the VAE encoder in eval mode; images in [-1, 1]."""
+    return self.E.apply(e_vars, images, train=False)
 
 
 def synthesis_variables(state) -> tuple[dict, dict | None]:

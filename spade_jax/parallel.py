@@ -12,6 +12,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spade_jax import launch
+from spade_jax.errors import EXIT_USER_ERROR, USER_ERRORS, UserError, message_of, verbose, write_error_line
 
 DATA = "data"
 DEFAULT_HEARTBEAT_SECS = 100  # JAX's default: a dead peer stops the others within about this long
@@ -41,16 +42,21 @@ def fail_fast():
   """With several processes, an error ends this process at once, after logging it. A normal exit would wait up to
   5 minutes at JAX's shutdown barrier for peers that may be blocked in a collective with this process; gone, it is
   noticed by their collectives at once or by the coordination service within the heartbeat timeout, and they stop
-  too (the launcher's / train.py's supervisor then says why)."""
+  too (the launcher's / train.py's supervisor then says why). A user's mistake (`errors.UserError`, a missing file)
+  ends it as with one process: one `error: ...` line and exit status 2, its traceback only with --verbosity=1 or
+  SPADE_VERBOSE=1 (the launcher then shows the line once for all processes)."""
   try:
     yield
-  except BaseException:
+  except BaseException as e:
     if jax.process_count() == 1:
       raise
+    if isinstance(e, USER_ERRORS) and not verbose():
+      write_error_line(message_of(e))
+      os._exit(EXIT_USER_ERROR)
     logging.exception("process %d failed", jax.process_index())
     logging.flush()
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(EXIT_USER_ERROR if isinstance(e, USER_ERRORS) else 1)
 
 
 def sync(name: str) -> None:
@@ -79,7 +85,7 @@ def make_mesh(num_data: int = -1) -> jax.sharding.Mesh:
   """
   n = jax.device_count() if num_data in (-1, None) else int(num_data)
   if n < 1 or n > jax.device_count():
-    raise ValueError(f"config.parallel.num_data={num_data} but {jax.device_count()} devices are visible")
+    raise UserError(f"config.parallel.num_data={num_data} but {jax.device_count()} devices are visible")
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
 
 
@@ -103,16 +109,16 @@ def check_batch_size(global_batch: int, mesh, grad_accum: int = 1) -> int:
   with gradient accumulation, over devices x micro-batches."""
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"config.train.batch_size={global_batch} must be divisible by the {n} devices of the mesh "
+    raise UserError(f"config.train.batch_size={global_batch} must be divisible by the {n} devices of the mesh "
                      f"(e.g. {max(n, global_batch // n * n)})")
   if global_batch % (n * grad_accum):
     m = n * grad_accum
-    raise ValueError(f"config.train.batch_size={global_batch} must be divisible by devices x grad_accum = {n} x "
+    raise UserError(f"config.train.batch_size={global_batch} must be divisible by devices x grad_accum = {n} x "
                      f"{grad_accum} = {m}, so that every micro-batch splits evenly over the devices (e.g. "
                      f"{max(m, global_batch // m * m)})")
   local = len(local_rows(mesh, global_batch))
   if local * jax.process_count() != global_batch:
-    raise ValueError(f"the mesh's {n} devices do not split evenly over the {jax.process_count()} processes (this "
+    raise UserError(f"the mesh's {n} devices do not split evenly over the {jax.process_count()} processes (this "
                      f"one holds {local} of {global_batch} rows): use every device (config.parallel.num_data=-1) "
                      "and the same number of devices on every host")
   return local

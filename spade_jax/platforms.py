@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from spade_jax.errors import UserError
+
 __all__ = ["platform_of", "compiler_options", "label_conv_kind", "conv", "pixel_sum", "pixel_broadcast",
            "onehot_conv2d", "LABEL_CONVS"]
 
@@ -88,7 +90,7 @@ def label_conv_kind(config, platform: str | None = None) -> str:
   where it measured faster in training and inference (README, "On CPU"), 'dense' (a convolution) on GPU and TPU."""
   kind = str(config.model.spade_label_conv)
   if kind not in LABEL_CONVS:
-    raise ValueError(f"config.model.spade_label_conv must be one of {LABEL_CONVS}, got {kind!r}")
+    raise UserError(f"config.model.spade_label_conv must be one of {LABEL_CONVS}, got {kind!r}")
   if kind == "auto":
     kind = "gather" if (platform or platform_of()) == "cpu" else "dense"
   return kind

@@ -12,7 +12,6 @@ Outputs are `<stem>.png`, or `<stem>_s{k}.png` for k < --samples. Instance maps 
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import pathlib
@@ -21,6 +20,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+
+from spade_jax.errors import EXIT_USER_ERROR, ArgumentParser, UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -59,10 +60,10 @@ def _color(c, where):
   if isinstance(c, str):
     c = c.lstrip("#")
     if len(c) != 6:
-      raise ValueError(f"{where}: colour {c!r} is not #rrggbb")
+      raise UserError(f"{where}: colour {c!r} is not #rrggbb")
     return [int(c[i:i + 2], 16) for i in (0, 2, 4)]
   if len(c) < 3:
-    raise ValueError(f"{where}: colour {c!r} is not [r, g, b]")
+    raise UserError(f"{where}: colour {c!r} is not [r, g, b]")
   return [int(x) for x in c[:3]]
 
 
@@ -79,11 +80,11 @@ def read_palette(path) -> np.ndarray:
     for i, c in ids.items():
       out[i] = c
     return out
-  raise ValueError(f"{path}: expected a JSON list of [r, g, b] (index = class id) or a dict id -> colour")
+  raise UserError(f"{path}: expected a JSON list of [r, g, b] (index = class id) or a dict id -> colour")
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m spade_jax.synthesize", description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(prog="python -m spade_jax.synthesize", description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", required=True, help="workdir, its checkpoints/ folder, or checkpoints/<step>")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--labels", required=True, help="label map file, folder or glob (index PNGs, or RGB with --palette)")
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
   from spade_jax.inference import load
 
   if args.samples < 1 or args.batch_size < 1:
-    raise ValueError("--samples and --batch_size must be >= 1")
+    raise UserError("--samples and --batch_size must be >= 1")
   labels = find_labels(args.labels)
   instances = match_by_stem(labels, args.instances, "instances") if args.instances else None
   style = None
@@ -118,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
       raise FileNotFoundError(f"--style={args.style}: no such file")
   model = load(args.checkpoint, args.step)
   if style is not None and not model.use_vae:
-    raise ValueError(f"--style: {model} was trained without the VAE encoder; it takes no style image")
+    raise UserError(f"--style: {model} was trained without the VAE encoder; it takes no style image")
   if args.samples > 1 and not model.use_vae:
-    raise ValueError(f"--samples={args.samples}: {model} is not a VAE generator, so every sample would be the same")
+    raise UserError(f"--samples={args.samples}: {model} is not a VAE generator, so every sample would be the same")
   palette = None
   if args.palette:
     palette = model.palette if args.palette in ("model", "dataset") else read_palette(args.palette)
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
       with Image.open(labels[i]) as im:
         im.load()
         if im.mode in ("RGB", "RGBA") and palette is None:
-          raise ValueError(f"{labels[i]} is a colour-coded (RGB) label image: pass --palette=colors.json, or "
+          raise UserError(f"{labels[i]} is a colour-coded (RGB) label image: pass --palette=colors.json, or "
                            "--palette=model for the data set's colours")
         batch_labels.append(im.copy())
     kw = {}
@@ -175,5 +176,6 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
 if __name__ == "__main__":
   try:
     main()
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  except (UserError, FileNotFoundError) as e:  # a user's mistake: one line (anything else keeps its traceback)
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(EXIT_USER_ERROR)

@@ -8,11 +8,12 @@ import sys
 import pytest
 
 from spade_jax import cli
+from spade_jax.errors import VERBOSE_ENV
 from tests.conftest import REPO
 
 
 def _run(args, tmp_path, **env):
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cli.VERBOSE_ENV)} | {
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", VERBOSE_ENV)} | {
       "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), **env}
   return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 

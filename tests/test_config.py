@@ -6,6 +6,7 @@ import ml_collections
 import pytest
 
 from spade_jax import config as spade_config
+from spade_jax.errors import UserError
 from tests.conftest import REPO
 
 
@@ -31,7 +32,7 @@ def test_presets_define_exactly_the_schema_keys(name):
                                                   ("cityscapes", 36, (256, 512)), ("demo", 7, (64, 64))])
 def test_dataset_facts(name, semantic_nc, hw):
   from spade_jax.models import output_size
-  from spade_jax.models.factory import semantic_nc as snc
+  from spade_jax.semantics import semantic_channels as snc
   c = spade_config.preset(name)
   assert snc(c.data) == semantic_nc
   assert output_size(c.data.crop_size, c.data.aspect_ratio, c.model.num_upsampling_layers) == hw
@@ -106,3 +107,34 @@ def test_spade_label_conv_auto_resolves_per_platform_and_bad_values_are_named():
   c.model.spade_label_conv = "sparse"
   with pytest.raises(ValueError, match="spade_label_conv must be one of .*'sparse'"):
     label_conv_kind(c, "cpu")
+
+
+def test_validate_names_every_bad_key_at_once():
+  c = spade_config.preset("demo")
+  assert spade_config.validate(c) is c
+  c.train.batch_size = 0
+  c.data.on_bad_sample = "skp"  # a typo that used to pass until the first bad file
+  c.model.encoder_input_size = 100
+  c.data.crop_size = 16         # with 'normal' (5) upsamplings the first grid would be empty
+  c.optim.beta2 = 1.0
+  with pytest.raises(UserError) as e:
+    spade_config.validate(c)
+  for part in ("train.batch_size=0", "data.on_bad_sample='skp' (expected one of error, skip)",
+               "model.encoder_input_size=100", "data.crop_size=16", "optim.beta2=1.0"):
+    assert part in str(e.value)
+  with pytest.raises(UserError, match="model.dtype='float16'"):  # from_dict validates what it reads back
+    spade_config.from_dict({"model": {"dtype": "float16"}})
+
+
+def test_state_mismatch_names_the_keys_that_shape_the_state():
+  saved, asked = spade_config.preset("demo"), spade_config.preset("demo")
+  assert spade_config.state_mismatch(saved, asked, "W") is None
+  asked.train.num_steps, asked.optim.lr, asked.model.dtype = 5, 1e-4, "bfloat16"  # these may change on resume
+  assert spade_config.state_mismatch(saved, asked, "W") is None
+  asked.model.ngf = 8
+  assert spade_config.state_mismatch(saved, asked, "W") == (
+      "the checkpoint in W was trained with model.ngf=16; this run asks for 8: use the same value, or a new --workdir")
+  asked.train.ema_decay = 0.999
+  assert "train.ema_decay=0.0" in spade_config.state_mismatch(saved, asked, "W")
+  asked.model.ngf, asked.model.ndf = 16, 8  # the discriminator matters to training only
+  assert spade_config.state_mismatch(saved, asked, "W", keys=spade_config.SYNTHESIS_KEYS) is None

@@ -13,8 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "spade_jax"
 
 # Lowest first. A name covers the module and, for a package, everything in it.
 LAYERS = (
-    ("base", ("spade_jax.launch", "spade_jax.parallel", "spade_jax.platforms", "spade_jax.semantics",
-              "spade_jax.progress", "spade_jax.config")),
+    ("base", ("spade_jax.errors", "spade_jax.launch", "spade_jax.parallel", "spade_jax.platforms",
+              "spade_jax.semantics", "spade_jax.progress", "spade_jax.config")),
     ("data", ("spade_jax.data",)),
     ("images", ("spade_jax.colormap", "spade_jax.images")),
     ("models", ("spade_jax.models",)),
@@ -27,6 +27,8 @@ LAYERS = (
     ("training", ("spade_jax.training",)),
     # `spade_jax` itself: the lazy `load`
     ("apps", ("spade_jax.convert", "spade_jax.serve", "spade_jax.aot", "spade_jax")),
+    # what the tests and benchmarks share (the PyTorch oracle; needs torch): nothing below may import it
+    ("testing", ("spade_jax.testing",)),
 )
 
 # Inference, evaluation and training sit side by side on what is below them: the only ways between them are the

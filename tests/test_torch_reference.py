@@ -1,4 +1,4 @@
-"""Self-checks of the PyTorch reference networks (tests/torch_reference.py) used as the parity oracle.
+"""Self-checks of the PyTorch reference networks (spade_jax/testing/torch_reference.py) used as the parity oracle.
 
 (a) state_dict keys, order and shapes equal the documented official ones (docs/official_state_dict_keys.txt);
 (b) trainable parameter counts equal the documented totals; (c) small functional sanity checks of the spec rules.
@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch_reference as ref
+from spade_jax.testing import torch_reference as ref
 
 KEYS_FILE = Path(__file__).resolve().parents[1] / "docs" / "official_state_dict_keys.txt"
 _LINE = re.compile(r"^(\S+)\s+\[([0-9,\s]*)\]\s+(\S.*)$")

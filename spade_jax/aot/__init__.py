@@ -16,6 +16,7 @@ import re
 import time
 
 from spade_jax.aot import gpu, slices
+from spade_jax.errors import UserError
 
 __all__ = ["prepare_process", "Report", "compile_report", "largest_fitting_batch", "collectives"]
 
@@ -162,16 +163,13 @@ def _program(config, mesh, what: str):
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl)
     return setup.step, (setup.target(), batch, vgg, key)
   if what != "synthesize":
-    raise ValueError(f"--what must be among {WHAT}, got {what!r}")
+    raise UserError(f"--what must be among {WHAT}, got {what!r}")
   z = jax.ShapeDtypeStruct((b, nets.G.z_dim), jnp.float32, sharding=data) if nets.E is not None else None
   one_z = None if z is None else jnp.zeros((1, z.shape[1]))
   g_vars = jax.eval_shape(lambda: nets.G.init(jax.random.key(0), jnp.zeros((1, h, w, nets.semantic_nc)), one_z))
   g_vars = on({k: v for k, v in g_vars.items() if k in ("params", "batch_stats", "spectral")}, repl)
 
-  def synthesize(g_vars, batch, z):  # as the notebook API and the evaluation run it: ids -> semantics -> G
-    return nets.G.apply(g_vars, nets.semantics(batch), z, train=False).astype(jnp.float32)
-
-  jitted = jax.jit(synthesize, out_shardings=data, compiler_options=platforms.compiler_options(platform))
+  jitted = jax.jit(nets.synthesize, out_shardings=data, compiler_options=platforms.compiler_options(platform))
   return jitted, (g_vars, batch, z)
 
 
@@ -213,7 +211,7 @@ def compile_report(config, slice_: slices.Slice, what: str, devices=None, lowere
   devices = devices if devices is not None else slice_.devices()
   b = int(config.train.batch_size)
   if b < 1 or b % len(devices):
-    raise ValueError(f"config.train.batch_size={b} must be a positive multiple of the {len(devices)} chips of "
+    raise UserError(f"config.train.batch_size={b} must be a positive multiple of the {len(devices)} chips of "
                      f"{slice_.name}")
   lowered = lowered if lowered is not None else lower(config, devices, what)
   dtype = str(config.model.dtype)

@@ -13,6 +13,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from spade_jax.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "A Cloud TPU slice (v5e-8, v5p-128, ...) or GPU host (h100-8).")
 _WHAT = flags.DEFINE_list("what", ["train", "synthesize"], "Programs: train, synthesize.")
@@ -34,11 +36,11 @@ def main(argv):
     from spade_jax.aot import slices
     what = [w for w in _WHAT.value if w]
     if not what or set(what) - set(aot.WHAT):
-      raise ValueError(f"--what must name some of {', '.join(aot.WHAT)}, got {','.join(_WHAT.value)!r}")
+      raise UserError(f"--what must name some of {', '.join(aot.WHAT)}, got {','.join(_WHAT.value)!r}")
     slice_ = slices.get(_TOPOLOGY.value)
     if _HBM.value is not None:
       if not 0 < _HBM.value:
-        raise ValueError(f"--hbm_gib must be positive, got {_HBM.value}")
+        raise UserError(f"--hbm_gib must be positive, got {_HBM.value}")
       slice_ = slice_.with_hbm(int(_HBM.value * slices.GIB))
     config = _CONFIG.value
     devices = slice_.devices(_LIBS.value)
@@ -73,4 +75,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "topology"])
-  app.run(main)
+  from spade_jax.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)

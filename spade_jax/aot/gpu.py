@@ -21,6 +21,8 @@ import site
 import sys
 from pathlib import Path
 
+from spade_jax.errors import UserError
+
 __all__ = ["GPU_SPECS_DIR", "DEFAULT_LIBS_DIR", "GPU_KINDS", "ensure_plugin_path", "gpu_devices"]
 
 GPU_SPECS_DIR = Path(__file__).resolve().parent / "gpu_specs"
@@ -82,17 +84,17 @@ def _plugin_version_mismatch(libs_dir: Path) -> str | None:
 def _topology_devices(kind: str, count: int, libs_dir: Path) -> tuple:
   """Cached, so that repeated calls give the same device objects, and hence equal meshes and jit cache hits."""
   if not ensure_plugin_path(libs_dir):
-    raise ValueError(f"no CUDA PJRT plugin ({_PLUGIN_MODULE}, wheels jax-cuda13-plugin and jax-cuda13-pjrt) in "
+    raise UserError(f"no CUDA PJRT plugin ({_PLUGIN_MODULE}, wheels jax-cuda13-plugin and jax-cuda13-pjrt) in "
                      f"{libs_dir}; install it with: {_install_command(libs_dir)}")
   if problem := _plugin_version_mismatch(libs_dir):
-    raise ValueError(f"{problem}; reinstall it with: {_install_command(libs_dir)}")
+    raise UserError(f"{problem}; reinstall it with: {_install_command(libs_dir)}")
   from jax.experimental import topologies
 
   target_config = (GPU_SPECS_DIR / f"{kind}.txtpb").read_text()
   try:
     topology = topologies.get_topology_desc(platform="cuda", topology=f"1x1x{count}", target_config=target_config)
   except NotImplementedError as e:  # jax has no cuda topology factory: the plugin did not register
-    raise ValueError(f"the CUDA plugin in {libs_dir} did not register with jax ({e}); see the log above for why, "
+    raise UserError(f"the CUDA plugin in {libs_dir} did not register with jax ({e}); see the log above for why, "
                      f"and call ensure_plugin_path before jax starts its backends") from e
   return tuple(topology.devices)
 
@@ -106,8 +108,8 @@ def gpu_devices(kind: str, count: int, *, libs_dir: str | os.PathLike | None = N
   can take pip's (`nvidia-cuda-nvcc==13.0.* nvidia-nvvm==13.0.*`, then CUDA_ROOT=<their nvidia/cu13>).
   """
   if kind not in GPU_KINDS:
-    raise ValueError(f"unknown GPU kind {kind!r}; one of {', '.join(GPU_KINDS)} (specs in {GPU_SPECS_DIR})")
+    raise UserError(f"unknown GPU kind {kind!r}; one of {', '.join(GPU_KINDS)} (specs in {GPU_SPECS_DIR})")
   if not isinstance(count, int) or count < 1:
-    raise ValueError(f"count must be a positive int, not {count!r}")
+    raise UserError(f"count must be a positive int, not {count!r}")
   libs = Path(libs_dir) if libs_dir is not None else DEFAULT_LIBS_DIR
   return list(_topology_devices(kind, count, libs.resolve()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from spade_jax.aot import gpu
+from spade_jax.errors import UserError
 
 GIB = 1 << 30
 TERA = 1e12
@@ -63,7 +64,7 @@ class Slice:
                                           chip_config_name=self.chip_config, chips_per_host_bounds=self.host_bounds,
                                           num_slices=1)
     except ModuleNotFoundError as e:
-      raise ValueError(f"compiling for {self.name} needs libtpu, which is not importable ({e}); `make setup-aot` "
+      raise UserError(f"compiling for {self.name} needs libtpu, which is not importable ({e}); `make setup-aot` "
                        "installs it beside the environment (or pip install 'libtpu==0.0.50.*')") from e
     return list(desc.devices)
 
@@ -101,5 +102,5 @@ SLICES = {**_tpu_slices(), **_gpu_slices()}
 
 def get(name: str) -> Slice:
   if name not in SLICES:
-    raise ValueError(f"unknown --topology={name!r}; one of: {', '.join(SLICES)}")
+    raise UserError(f"unknown --topology={name!r}; one of: {', '.join(SLICES)}")
   return SLICES[name]

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from spade_jax.convert.cli import main
 from spade_jax.convert.opt_txt import opt_to_overrides, read_opt_txt
-from spade_jax.convert.options import PRESETS, load_preset, resolve_options
+from spade_jax.convert.options import load_preset, resolve_options
 from spade_jax.convert.shapes import detect_network, infer_discriminator, infer_encoder, infer_generator
 from spade_jax.convert.writer import Converted, convert
 from spade_jax.weights.official import ConversionError
 
 __all__ = ["convert", "main", "read_opt_txt", "infer_generator", "infer_discriminator", "infer_encoder",
-           "detect_network", "ConversionError", "Converted", "opt_to_overrides", "resolve_options", "load_preset",
-           "PRESETS"]
+           "detect_network", "ConversionError", "Converted", "opt_to_overrides", "resolve_options", "load_preset"]

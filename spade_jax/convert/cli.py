@@ -5,22 +5,23 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from spade_jax import config as spade_config
 from spade_jax.cli import user_errors
 from spade_jax.convert.opt_txt import _parse_value
-from spade_jax.convert.options import PRESETS, _as_bool
 from spade_jax.convert.writer import Converted, convert
+from spade_jax.errors import ArgumentParser
 from spade_jax.weights.official import ConversionError
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = ArgumentParser(
       prog="python -m spade_jax.convert",
       description="Convert official SPADE PyTorch checkpoints (latest_net_G/D/E.pth) to an Orbax checkpoint.")
   p.add_argument("--generator", "-G", required=True, help="latest_net_G.pth")
   p.add_argument("--discriminator", "-D", help="latest_net_D.pth (optional: lets training continue with this D)")
   p.add_argument("--encoder", "-E", help="latest_net_E.pth (VAE runs: style images -> z)")
   p.add_argument("--opt", help="the run's opt.txt (crop size, aspect ratio, upsampling mode, label_nc, ...)")
-  p.add_argument("--preset", help=f"config preset: {', '.join(PRESETS)}, or a config .py "
+  p.add_argument("--preset", help=f"config preset: {', '.join(spade_config.PRESETS)}, or a config .py "
                                   "(default: from opt.txt's dataset_mode)")
   p.add_argument("--out", required=True, help="output workdir; the checkpoint goes to OUT/checkpoints/0")
   p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in OUT")
@@ -47,10 +48,11 @@ def main(argv: Sequence[str] | None = None) -> Converted:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-  """The command: as `main`, but a user error ends with one `error: ...` line and exit status 1."""
-  args = _parser().parse_args(argv)
-  with user_errors(verbose_flag=args.verbose):
-    _main(args)
+  """The command: as `main`, but a user error (a bad flag too) ends with one `error: ...` line and exit status 2."""
+  import sys
+  argv = sys.argv[1:] if argv is None else list(argv)
+  with user_errors(verbose_flag=any(a in ("-v", "--verbose") for a in argv)):
+    _main(_parser().parse_args(argv))
 
 
 def _main(args) -> Converted:
@@ -58,7 +60,8 @@ def _main(args) -> Converted:
   for name, key in _FLAG_KEYS.items():
     value = getattr(args, name)
     if value is not None:
-      flags[key] = _as_bool(value, f"--{name}") if name in ("contain_dontcare_label", "no_instance") else value
+      boolean = name in ("contain_dontcare_label", "no_instance")
+      flags[key] = spade_config.as_bool(value, f"--{name}") if boolean else value
   for item in args.set:
     if "=" not in item:
       raise ConversionError(f"--set {item!r}: expected KEY=VALUE")

@@ -11,7 +11,6 @@ from spade_jax.convert.opt_txt import opt_to_overrides
 from spade_jax.semantics import semantic_channels
 from spade_jax.weights.official import ConversionError
 
-PRESETS = ("coco_stuff", "ade20k", "cityscapes", "custom")
 _DATASET_MODE_TO_PRESET = {"coco": "coco_stuff", "ade20k": "ade20k", "cityscapes": "cityscapes", "custom": "custom"}
 
 
@@ -20,44 +19,10 @@ def load_preset(name: str):
   path = pathlib.Path(name)
   if path.suffix == ".py" and path.is_file():
     return spade_config.from_file(path)
-  if name not in PRESETS and name not in ("default", "demo"):
-    raise ConversionError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)} or a path to a config .py")
+  if name not in spade_config.PRESETS:
+    raise ConversionError(f"unknown preset {name!r}; expected one of {', '.join(spade_config.PRESETS)} or a path to "
+                          "a config .py")
   return spade_config.preset(name)
-
-
-def _get(config, dotted):
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
-def _set(config, dotted, value):
-  *head, leaf = dotted.split(".")
-  node = config
-  for part in head:
-    node = node[part]
-  if leaf not in node:
-    raise ConversionError(f"unknown config key {dotted!r}")
-  old = node[leaf]
-  if isinstance(old, bool) and not isinstance(value, bool):
-    value = _as_bool(value, dotted)
-  elif isinstance(old, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-    value = float(value)
-  elif isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str):
-    value = int(value)
-  node[leaf] = value
-
-
-def _as_bool(value, what="value"):
-  if isinstance(value, bool):
-    return value
-  text = str(value).strip().lower()
-  if text in ("1", "true", "yes", "y", "on"):
-    return True
-  if text in ("0", "false", "no", "n", "off"):
-    return False
-  raise ConversionError(f"{what}: expected true/false, got {value!r}")
 
 
 def _guess_presets(semantic_nc: int) -> list[str]:
@@ -79,7 +44,7 @@ class _Options:
     return self.source.get(key) in ("opt.txt", "flag")
 
   def put(self, key, value, source):
-    _set(self.config, key, value)
+    spade_config.put(self.config, key, value)
     self.source[key] = source
 
 
@@ -96,7 +61,7 @@ def resolve_options(g_info, d_info=None, e_info=None, *, preset=None, opt=None, 
                           f"say the crop size, aspect ratio or upsampling mode{hint}")
   config = load_preset(preset)
   opts = _Options(config, {}, [])
-  label = preset if preset in PRESETS else pathlib.Path(preset).name
+  label = preset if preset in spade_config.PRESETS else pathlib.Path(preset).name
   for key in _all_keys(config):
     opts.source[key] = f"preset {label}"
   for key, value in opt_over.items():
@@ -143,6 +108,7 @@ def resolve_options(g_info, d_info=None, e_info=None, *, preset=None, opt=None, 
       raise ConversionError(f"the encoder's layer1 takes {e_info['input_nc']} channels, expected 3 (RGB)")
     for key in ("model.encoder_input_size", "model.spectral_E", "model.encoder_norm"):
       _from_weights(opts, key, e_info[key], "encoder")
+  spade_config.validate(opts.config)  # the options as written with the checkpoint: every bad value named now
   return opts
 
 
@@ -156,7 +122,7 @@ def _all_keys(config, prefix=""):
 
 
 def _from_weights(opts: _Options, key: str, value, network: str):
-  current = _get(opts.config, key)
+  current = spade_config.get(opts.config, key)
   if key == "model.param_free_norm" and value == "syncbatch" and current == "batch":
     return  # BatchNorm buffers look the same for syncbatch and batch
   if current == value:

@@ -74,7 +74,7 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
     count_params,
     output_size,
   )
-  from spade_jax.models.factory import semantic_nc
+  from spade_jax.semantics import semantic_channels
 
   g_sd, g_name = _load(generator, "generator", "G")
   d_sd, d_name = _load(discriminator, "discriminator", "D") if discriminator is not None else (None, None)
@@ -87,7 +87,7 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
   config = opts.config
 
   h, w = output_size(config.data.crop_size, config.data.aspect_ratio, config.model.num_upsampling_layers)
-  s = semantic_nc(config.data)
+  s = semantic_channels(config.data)
   sem = jnp.zeros((1, h, w, s))
   G = build_generator(config)
   z = jnp.zeros((1, G.z_dim)) if config.model.use_vae else None
@@ -142,7 +142,8 @@ def convert(generator, discriminator=None, encoder=None, *, opt=None, preset: st
 def _write(out, state, config, info, overwrite) -> pathlib.Path:
   import shutil
 
-  from spade_jax.training.checkpoint import Checkpointer, checkpoint_dir
+  from spade_jax.checkpoints import checkpoint_dir
+  from spade_jax.training.checkpointer import Checkpointer
   workdir = pathlib.Path(out).absolute()
   ckdir = pathlib.Path(checkpoint_dir(workdir))
   steps = sorted(p.name for p in ckdir.iterdir() if p.name.isdigit()) if ckdir.is_dir() else []

@@ -8,5 +8,5 @@ from spade_jax.data.pipeline import dataset_size, make_dataset, steps_per_epoch
 from spade_jax.data.sources import build_source
 from spade_jax.data.transforms import TransformOptions
 
-__all__ = ['DataError', 'skip_counter', 'dataset_size', 'make_dataset', 'steps_per_epoch', 'build_source',
-           'TransformOptions']
+__all__ = ["DataError", "skip_counter", "dataset_size", "make_dataset", "steps_per_epoch", "build_source",
+           "TransformOptions"]

@@ -10,7 +10,8 @@ synthesis have something to learn. Deterministic from the seed; each sample depe
 
 writes ``{out}/{train,val}/images/*.png`` (RGB), ``{out}/{train,val}/labels/*.png`` (mode 'L' ids 0..6),
 ``{out}/{train,val}/styles.json`` (file stem -> 'day' / 'sunset' / 'night': what the style scores of the evaluation
-check a synthesis against) and a marker file; a second call with the same arguments is a no-op. Use with ``dataset='custom'``, ``root=out``,
+check a synthesis against) and a marker file (written first: the generator never touches a folder it did not
+create); a second call with the same arguments is a no-op. Use with ``dataset='custom'``, ``root=out``,
 ``label_nc=7``, ``no_instance=True``, ``contain_dontcare_label=False``.
 """
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CLASS_NAMES = ('sky', 'cloud', 'mountain', 'water', 'sand', 'grass', 'tree')
+from spade_jax.data.errors import DataError
+
+CLASS_NAMES = ("sky", "cloud", "mountain", "water", "sand", "grass", "tree")
 SKY, CLOUD, MOUNTAIN, WATER, SAND, GRASS, TREE = range(len(CLASS_NAMES))
 NUM_CLASSES = len(CLASS_NAMES)
 # Palette for visualising label maps (index = class id).
@@ -32,21 +34,21 @@ COLORS = np.array([(135, 206, 235), (255, 255, 255), (128, 110, 100), (30, 90, 2
                    (90, 190, 60), (20, 100, 40)], dtype=np.uint8)
 
 # Per style and class: (colour at the top of the class's band, colour at its bottom).
-STYLES = ('day', 'sunset', 'night')
+STYLES = ("day", "sunset", "night")
 _PALETTES = {
-    'day': [((70, 130, 220), (175, 210, 240)), ((250, 250, 252), (205, 212, 225)), ((120, 125, 145), (75, 90, 85)),
+    "day": [((70, 130, 220), (175, 210, 240)), ((250, 250, 252), (205, 212, 225)), ((120, 125, 145), (75, 90, 85)),
             ((90, 140, 195), (25, 70, 130)), ((230, 210, 155), (205, 180, 120)), ((135, 190, 75), (55, 125, 35)),
             ((45, 105, 45), (25, 70, 25))],
-    'sunset': [((55, 45, 115), (250, 150, 80)), ((250, 175, 140), (195, 105, 120)), ((95, 65, 95), (55, 38, 58)),
+    "sunset": [((55, 45, 115), (250, 150, 80)), ((250, 175, 140), (195, 105, 120)), ((95, 65, 95), (55, 38, 58)),
                ((230, 140, 95), (75, 45, 85)), ((215, 150, 110), (165, 105, 75)), ((115, 110, 50), (55, 65, 30)),
                ((55, 45, 35), (28, 22, 18))],
-    'night': [((4, 8, 28), (30, 45, 95)), ((75, 80, 105), (45, 50, 72)), ((28, 32, 48), (14, 18, 28)),
+    "night": [((4, 8, 28), (30, 45, 95)), ((75, 80, 105), (45, 50, 72)), ((28, 32, 48), (14, 18, 28)),
               ((35, 45, 85), (5, 10, 30)), ((72, 72, 82), (50, 50, 60)), ((22, 48, 32), (10, 28, 18)),
               ((12, 26, 16), (5, 14, 8))],
 }
 _TEXTURE = np.array([3, 6, 10, 6, 6, 12, 14], np.float32)  # low-frequency texture amplitude per class
-_MARKER = '.spade_demo_complete.json'
-STYLES_FILE = 'styles.json'  # per split, beside images/ and labels/ (outside them: the custom layout is unchanged)
+_MARKER = ".spade_demo_complete.json"
+STYLES_FILE = "styles.json"  # per split, beside images/ and labels/ (outside them: the custom layout is unchanged)
 _VERSION = 2
 
 
@@ -133,10 +135,10 @@ def render(lab: np.ndarray, rng: np.random.Generator, style: str | None = None) 
   streaks = _smooth_noise(rng, size, (max(2, size // 3), 3)) * 8.0     # horizontal ripples on water
   tex = tex + np.where(lab == WATER, streaks, 0.0)
   img = img + tex[..., None]
-  if style in ('day', 'sunset'):  # a glow in the sky around the (off-frame or low) sun
+  if style in ("day", "sunset"):  # a glow in the sky around the (off-frame or low) sun
     sx, sy = rng.uniform(0.1, 0.9), horizon * rng.uniform(0.4, 1.0)
     glow = np.exp(-((x - sx) ** 2 + (y - sy) ** 2) / 0.05)[..., None]
-    colour = np.array([60, 50, 20] if style == 'day' else [90, 60, 10], np.float32)
+    colour = np.array([60, 50, 20] if style == "day" else [90, 60, 10], np.float32)
     img = img + np.where(np.isin(lab, (SKY, CLOUD))[..., None], glow * colour, 0.0)
   else:  # stars
     stars = (rng.random((size, size)) < 0.015) & (lab == SKY)
@@ -147,53 +149,90 @@ def render(lab: np.ndarray, rng: np.random.Generator, style: str | None = None) 
 
 def sample(seed: int, split: str, index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, str]:
   """(label uint8 HxW, image uint8 HxWx3, style) for one sample; depends only on its arguments."""
-  rng = np.random.default_rng([seed, ('train', 'val').index(split), index])
+  rng = np.random.default_rng([seed, ("train", "val").index(split), index])
   lab = label_map(rng, size)
   style = STYLES[rng.integers(len(STYLES))]
   return lab, render(lab, rng, style), style
 
 
+def read_marker(root) -> dict | None:
+  """{'complete': bool, 'params': {...}} of the generator's marker in `root`; None when there is none (or it is
+  unreadable). A marker of version 2 and before (the params alone) was written when its run was complete."""
+  try:
+    m = json.loads((Path(root) / _MARKER).read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(m, dict):
+    return None
+  return m if isinstance(m.get("params"), dict) else {"complete": True, "params": m}
+
+
+def _ours(params: dict) -> list[Path]:
+  """The files (relative to the root) that a run of the generator with `params` writes."""
+  files = []
+  for split, n in (("train", params["num_train"]), ("val", params["num_val"])):
+    files.append(Path(split) / STYLES_FILE)
+    for i in range(n):
+      files += [Path(split) / "images" / f"{i:05d}.png", Path(split) / "labels" / f"{i:05d}.png"]
+  return files
+
+
 def generate(out_dir, num_train: int = 200, num_val: int = 20, size: int = 64, seed: int = 0) -> Path:
-  """Writes the data set (see module docstring) unless a marker for the same arguments is present."""
+  """Writes the data set (see module docstring) unless a marker for the same arguments says it is complete.
+
+  Never touches a user's files: a folder that holds anything and no marker of ours is refused, the marker is
+  written before the first image (so an interrupted run is recognised as ours), and a rewrite deletes only the
+  files that the earlier run recorded in its marker wrote."""
   out = Path(out_dir)
-  params = {'num_train': int(num_train), 'num_val': int(num_val), 'size': int(size), 'seed': int(seed),
-            'version': _VERSION, 'classes': list(CLASS_NAMES)}
+  params = {"num_train": int(num_train), "num_val": int(num_val), "size": int(size), "seed": int(seed),
+            "version": _VERSION, "classes": list(CLASS_NAMES)}
   marker = out / _MARKER
+  if out.exists() and not out.is_dir():
+    raise DataError(f"config.data.root={out} is a file; the demo generator writes a data set into a folder there. "
+                    "Fix: point config.data.root at a new or empty folder.")
+  previous = read_marker(out)
   if marker.exists():
+    if previous and previous["complete"] and previous["params"] == params:
+      return out
+  elif out.exists() and any(out.iterdir()):
+    example = next(p for p in sorted(out.rglob("*")) if p.is_file() or not any(p.iterdir()))
+    raise DataError(f"config.data.root={out} holds files the demo generator did not write (e.g. {example}); it "
+                    "writes its own data set and would overwrite them. Fix: point config.data.root at a new or "
+                    "empty folder (SPADE_DEMO_DATA sets the demo's default), or train on your own images with "
+                    "configs/custom.py.")
+  if previous:
     try:
-      if json.loads(marker.read_text()) == params:
-        return out
-    except ValueError:
+      for rel in _ours(previous["params"]):  # remove our own files of an earlier, different (or interrupted) run
+        (out / rel).unlink(missing_ok=True)
+    except (KeyError, TypeError, ValueError):
       pass
-    marker.unlink()
-  for split, n in (('train', num_train), ('val', num_val)):
-    img_dir, lab_dir = out / split / 'images', out / split / 'labels'
+  out.mkdir(parents=True, exist_ok=True)
+  marker.write_text(json.dumps({"complete": False, "params": params}))  # ours from the first file on
+  for split, n in (("train", num_train), ("val", num_val)):
+    img_dir, lab_dir = out / split / "images", out / split / "labels"
     for d in (img_dir, lab_dir):
       d.mkdir(parents=True, exist_ok=True)
-      for old in d.glob('*.png'):  # remove our own files of an earlier, different run
-        if re.fullmatch(r'\d{5}\.png', old.name):
-          old.unlink()
     styles = {}
     for i in range(n):
-      lab, img, styles[f'{i:05d}'] = sample(seed, split, i, size)
-      Image.fromarray(lab).save(lab_dir / f'{i:05d}.png', compress_level=1)
-      Image.fromarray(img).save(img_dir / f'{i:05d}.png', compress_level=1)
-    (out / split / STYLES_FILE).write_text(json.dumps(styles, indent=0) + '\n')
-  marker.write_text(json.dumps(params))
+      lab, img, styles[f"{i:05d}"] = sample(seed, split, i, size)
+      Image.fromarray(lab).save(lab_dir / f"{i:05d}.png", compress_level=1)
+      Image.fromarray(img).save(img_dir / f"{i:05d}.png", compress_level=1)
+    (out / split / STYLES_FILE).write_text(json.dumps(styles, indent=0) + "\n")
+  marker.write_text(json.dumps({"complete": True, "params": params}))
   return out
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--out', required=True, help='output folder')
-  p.add_argument('--num_train', type=int, default=200)
-  p.add_argument('--num_val', type=int, default=20)
-  p.add_argument('--size', type=int, default=64)
-  p.add_argument('--seed', type=int, default=0)
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--num_train", type=int, default=200)
+  p.add_argument("--num_val", type=int, default=20)
+  p.add_argument("--size", type=int, default=64)
+  p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   out = generate(a.out, a.num_train, a.num_val, a.size, a.seed)
-  print(f'landscapes data set in {out} (dataset=custom, root={out}, label_nc={NUM_CLASSES}, no_instance=True)')
+  print(f"landscapes data set in {out} (dataset=custom, root={out}, label_nc={NUM_CLASSES}, no_instance=True)")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

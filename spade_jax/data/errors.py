@@ -11,12 +11,14 @@ import collections
 import logging
 import threading
 
-logger = logging.getLogger('spade_jax.data')
+from spade_jax.errors import UserError
+
+logger = logging.getLogger("spade_jax.data")
 
 SKIP_HINT = "or set config.data.on_bad_sample='skip' to drop such samples"
 
 
-class DataError(ValueError):
+class DataError(UserError):
   """A data file or folder is missing, unreadable or inconsistent; the message names it and the fix."""
 
 
@@ -34,16 +36,12 @@ class SkipCounter:
   def record(self, reason: str, message: str) -> None:
     with self._lock:
       self._by_reason[reason] += 1
-    logger.warning('skipping bad sample (%s): %s', reason, message)
+    logger.warning("skipping bad sample (%s): %s", reason, message)
 
   @property
   def count(self) -> int:
     with self._lock:
       return sum(self._by_reason.values())
-
-  def by_reason(self) -> dict[str, int]:
-    with self._lock:
-      return dict(self._by_reason)
 
   def reset(self) -> None:
     with self._lock:
@@ -56,9 +54,9 @@ skip_counter = SkipCounter()
 
 def handle_bad(err: DataError, reason: str, on_bad_sample: str) -> None:
   """Raises `err` in 'error' mode; logs and counts it in 'skip' mode."""
-  if on_bad_sample == 'skip':
+  if on_bad_sample == "skip":
     skip_counter.record(reason, str(err))
     return
-  if on_bad_sample != 'error':
-    raise ValueError(f"config.data.on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+  if on_bad_sample != "error":
+    raise UserError(f"config.data.on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
   raise err

@@ -47,7 +47,7 @@ class HostRows(grain.MapDataset):
     self._rows = tuple(int(r) for r in rows)
     self._global, self._start = int(global_batch), int(start_batch)
     if not self._rows or min(self._rows) < 0 or max(self._rows) >= self._global:
-      raise ValueError(f'rows {self._rows} must be a non-empty subset of range({self._global})')
+      raise ValueError(f"rows {self._rows} must be a non-empty subset of range({self._global})")
     self._length = max(0, len(parent) // self._global - self._start) * len(self._rows)
 
   def __len__(self) -> int:
@@ -65,7 +65,7 @@ class HostRows(grain.MapDataset):
     return self._parent[parent_index]
 
   def __str__(self) -> str:
-    return f'HostRows(rows={self._rows}, global_batch={self._global}, start_batch={self._start})'
+    return f"HostRows(rows={self._rows}, global_batch={self._global}, start_batch={self._start})"
 
 
 def make_dataset(data_cfg, *, split: str, batch_size: int, seed: int, train: bool, process_index: int = 0,
@@ -87,9 +87,9 @@ def make_dataset(data_cfg, *, split: str, batch_size: int, seed: int, train: boo
   `source` overrides `build_source(data_cfg, split)` (tests, or a caller that already built it).
   """
   if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
+    raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
   source = build_source(data_cfg, split) if source is None else source
   ds = grain.MapDataset.source(source)
   opts = TransformOptions.from_config(data_cfg, train)
@@ -98,15 +98,15 @@ def make_dataset(data_cfg, *, split: str, batch_size: int, seed: int, train: boo
     if rows is None:
       rows = range(process_index * batch_size, (process_index + 1) * batch_size)
     if len(rows) != batch_size:
-      raise ValueError(f'{len(rows)} rows for a per-host batch of {batch_size}')
+      raise ValueError(f"{len(rows)} rows for a per-host batch of {batch_size}")
     ds = ds.seed(seed).shuffle().repeat(num_epochs).random_map(LoadSample(opts), seed=_derived_seed(seed, 1))
     ds = HostRows(ds, rows, global_bs, start_batch)
     if len(ds) == 0:
-      raise ValueError(f'the {split} split has {len(source)} records, fewer than one global batch of {global_bs}')
+      raise ValueError(f"the {split} split has {len(source)} records, fewer than one global batch of {global_bs}")
   else:
     ds = ds[process_index::process_count]
     if len(ds) == 0:
-      raise ValueError(f'host {process_index}/{process_count} got no {split} records (the split has {len(source)})')
+      raise ValueError(f"host {process_index}/{process_count} got no {split} records (the split has {len(source)})")
     ds = ds.seed(seed)
     if num_epochs not in (None, 1):
       ds = ds.repeat(num_epochs)

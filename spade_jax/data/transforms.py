@@ -13,14 +13,16 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-PREPROCESS_MODES = ('resize_and_crop', 'scale_width_and_crop', 'scale_shortside_and_crop', 'fixed', 'none',
-                    'resize', 'crop', 'scale_width', 'scale_shortside')
+from spade_jax.errors import UserError
+
+PREPROCESS_MODES = ("resize_and_crop", "scale_width_and_crop", "scale_shortside_and_crop", "fixed", "none",
+                    "resize", "crop", "scale_width", "scale_shortside")
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformOptions:
   """The plain values of ``config.data`` that decoding needs (picklable, hashable, no ConfigDict)."""
-  preprocess: str = 'resize_and_crop'
+  preprocess: str = "resize_and_crop"
   load_size: int = 286
   crop_size: int = 256
   aspect_ratio: float = 1.0
@@ -28,12 +30,12 @@ class TransformOptions:
   label_nc: int = 182
   contain_dontcare_label: bool = False
   no_instance: bool = False
-  on_bad_sample: str = 'error'
+  on_bad_sample: str = "error"
 
   @classmethod
-  def from_config(cls, data_cfg, train: bool) -> 'TransformOptions':
+  def from_config(cls, data_cfg, train: bool) -> TransformOptions:
     if data_cfg.preprocess not in PREPROCESS_MODES:
-      raise ValueError(f'config.data.preprocess={data_cfg.preprocess!r}; expected one of {PREPROCESS_MODES}')
+      raise UserError(f"config.data.preprocess={data_cfg.preprocess!r}; expected one of {PREPROCESS_MODES}")
     return cls(preprocess=data_cfg.preprocess, load_size=int(data_cfg.load_size),
                crop_size=int(data_cfg.crop_size), aspect_ratio=float(data_cfg.aspect_ratio),
                flip=bool(train and not data_cfg.no_flip), label_nc=int(data_cfg.label_nc),
@@ -54,11 +56,11 @@ class Params(NamedTuple):
 def scaled_size(preprocess: str, load_size: int, size: tuple[int, int]) -> tuple[int, int]:
   """(new_w, new_h) that get_params assumes before cropping (the crop range depends on it)."""
   w, h = size
-  if preprocess == 'resize_and_crop':
+  if preprocess == "resize_and_crop":
     return load_size, load_size
-  if preprocess == 'scale_width_and_crop':
+  if preprocess == "scale_width_and_crop":
     return load_size, load_size * h // w
-  if preprocess == 'scale_shortside_and_crop':
+  if preprocess == "scale_shortside_and_crop":
     short, long = min(w, h), max(w, h)
     long = int(load_size * long / short)
     return (load_size, long) if w <= h else (long, load_size)
@@ -113,17 +115,17 @@ def fixed_size(opts: TransformOptions) -> tuple[int, int]:
 def apply(img: Image.Image, opts: TransformOptions, params: Params, method) -> Image.Image:
   """Resize / crop / flip one PIL image as the official get_transform does for `opts.preprocess`."""
   mode = opts.preprocess
-  if 'resize' in mode:
+  if "resize" in mode:
     img = img.resize((opts.load_size, opts.load_size), method)
-  elif 'scale_width' in mode:
+  elif "scale_width" in mode:
     img = _scale_width(img, opts.load_size, method)
-  elif 'scale_shortside' in mode:
+  elif "scale_shortside" in mode:
     img = _scale_shortside(img, opts.load_size, method)
-  if 'crop' in mode:
+  if "crop" in mode:
     img = _crop(img, params.crop_pos, opts.crop_size)
-  if mode == 'none':
+  if mode == "none":
     img = _round_to_multiple(img, 32, method)
-  if mode == 'fixed':
+  if mode == "fixed":
     img = img.resize(fixed_size(opts), method)
   if opts.flip and params.flip:
     img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

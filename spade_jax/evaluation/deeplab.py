@@ -22,8 +22,9 @@ Weights: `deeplabv2_resnet101_msc-cocostuff164k-100000.pth`
   base.layer{2..5}.block{1..n}.{reduce,conv3x3,increase}.conv.weight and .bn.*,
   base.layer{2..5}.block1.shortcut.conv.weight and .shortcut.bn.*,
   base.aspp.c{0..3}.weight / .bias.
-The Flax module tree mirrors these names (MSC -> `base` -> `layer2` -> `block1` -> `reduce` -> `conv`/`bn`), so the
-converter maps a key to its Flax path by splitting on dots; it checks every key (a `module.` prefix is stripped).
+The Flax tree keeps these names for the stem and ASPP; the blocks are the shared `resnet.Bottleneck`s, numbered from
+0, so `block{k}.{reduce,conv3x3,increase,shortcut}.{conv,bn}` -> `block{k-1}/{conv1,conv2,conv3,downsample_conv}`
+and `{bn1,...,downsample_bn}`. The converter checks every key (a `module.` prefix is stripped).
 
 Input: BGR float 0..255 minus the mean (B, G, R) = (104.008, 116.669, 122.675), no std (`normalize` takes RGB uint8).
 
@@ -37,6 +38,7 @@ Labels: `cocostuff_label_to_eval_id` keeps the pipeline's ids 0..181 and maps th
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -47,6 +49,7 @@ from jax import lax
 
 from spade_jax.colormap import COCO_STUFF_NAMES
 from spade_jax.evaluation._convert import convert_state_dict
+from spade_jax.evaluation.resnet import ConvBN, ResLayer, conv
 from spade_jax.models.layers import bilinear_resize
 
 __all__ = ["DeepLabV2", "DeepLabV2MSC", "NUM_CLASSES", "COCO_STUFF_CLASSES", "MEAN_BGR", "PROTOCOL", "WEIGHTS",
@@ -118,53 +121,6 @@ def max_pool_ceil(x, k: int = 3, s: int = 2, p: int = 1):
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), [(0, 0)] + pads + [(0, 0)])
 
 
-class ConvBN(nn.Module):
-  """deeplab-pytorch `_ConvBnReLU`: conv (no bias, names `conv`) + BN eps 1e-5 (`bn`) + optional ReLU."""
-  features: int
-  kernel: int
-  stride: int = 1
-  dilation: int = 1
-  relu: bool = True
-
-  @nn.compact
-  def __call__(self, x):
-    pad = self.dilation * (self.kernel // 2)
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
-                kernel_dilation=(self.dilation, self.dilation), padding=((pad, pad), (pad, pad)), use_bias=False,
-                name="conv")(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn")(x)
-    return nn.relu(x) if self.relu else x
-
-
-class Bottleneck(nn.Module):
-  out: int
-  stride: int = 1
-  dilation: int = 1
-  downsample: bool = False
-
-  @nn.compact
-  def __call__(self, x):
-    mid = self.out // 4
-    h = ConvBN(mid, 1, self.stride, name="reduce")(x)
-    h = ConvBN(mid, 3, 1, self.dilation, name="conv3x3")(h)
-    h = ConvBN(self.out, 1, relu=False, name="increase")(h)
-    sc = ConvBN(self.out, 1, self.stride, relu=False, name="shortcut")(x) if self.downsample else x
-    return nn.relu(h + sc)
-
-
-class ResLayer(nn.Module):
-  n: int
-  out: int
-  stride: int = 1
-  dilation: int = 1
-
-  @nn.compact
-  def __call__(self, x):
-    for i in range(self.n):
-      x = Bottleneck(self.out, self.stride if i == 0 else 1, self.dilation, i == 0, name=f"block{i + 1}")(x)
-    return x
-
-
 class Stem(nn.Module):
   @nn.compact
   def __call__(self, x):
@@ -179,8 +135,7 @@ class ASPP(nn.Module):
   def __call__(self, x):
     out = None
     for i, r in enumerate(self.rates):
-      y = nn.Conv(self.num_classes, (3, 3), kernel_dilation=(r, r), padding=((r, r), (r, r)), use_bias=True,
-                  name=f"c{i}")(x)
+      y = conv(self.num_classes, 3, dilation=r, bias=True, name=f"c{i}")(x)
       out = y if out is None else out + y
     return out
 
@@ -194,10 +149,11 @@ class DeepLabV2(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = Stem(name="layer1")(x)
-    x = ResLayer(self.n_blocks[0], 256, 1, 1, name="layer2")(x)
-    x = ResLayer(self.n_blocks[1], 512, 2, 1, name="layer3")(x)
-    x = ResLayer(self.n_blocks[2], 1024, 1, 2, name="layer4")(x)
-    x = ResLayer(self.n_blocks[3], 2048, 1, 4, name="layer5")(x)
+    layer = functools.partial(ResLayer, stride_in_1x1=True)  # Caffe ResNet: the stride in the first 1x1 conv
+    x = layer(64, self.n_blocks[0], name="layer2")(x)
+    x = layer(128, self.n_blocks[1], stride=2, name="layer3")(x)
+    x = layer(256, self.n_blocks[2], dilation=2, name="layer4")(x)
+    x = layer(512, self.n_blocks[3], dilation=4, name="layer5")(x)
     return ASPP(self.num_classes, tuple(self.atrous_rates), name="aspp")(x)
 
 
@@ -219,6 +175,22 @@ class DeepLabV2MSC(nn.Module):
     return logits
 
 
+_UNITS = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
+          "shortcut": ("downsample_conv", "downsample_bn")}  # deeplab-pytorch unit -> resnet.Bottleneck (conv, bn)
+_BLOCK_KEY = re.compile(r"base\.(layer[2-5])\.block([1-9][0-9]*)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)")
+
+
+def _module_path(prefix: str) -> tuple:
+  """`base.layer2.block1.reduce.bn` -> (base, layer2, block0, bn1); the stem and ASPP keep their torch names. Other
+  prefixes (an older layout) get a path outside the model, so the converter reports them as unused."""
+  m = _BLOCK_KEY.fullmatch(prefix)
+  if m:
+    layer, k, unit, part = m.groups()
+    return ("base", layer, f"block{int(k) - 1}", _UNITS[unit][part == "bn"])
+  f = tuple(prefix.split("."))
+  return f if f[:2] in (("base", "layer1"), ("base", "aspp")) else ("unknown", *f)
+
+
 def convert_deeplab(state_dict, model: DeepLabV2MSC | None = None) -> dict:
   """deeplab-pytorch MSC(DeepLabV2) state dict (numpy or torch tensors; `module.` prefix allowed) -> Flax variables.
 
@@ -229,7 +201,7 @@ def convert_deeplab(state_dict, model: DeepLabV2MSC | None = None) -> dict:
         for k, v in state_dict.items()}
   single = model.clone(scales=())  # same variables; one trace of the base instead of 1 + len(scales)
   expected = jax.eval_shape(lambda: single.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  return convert_state_dict(sd, expected, lambda prefix: tuple(prefix.split(".")))
+  return convert_state_dict(sd, expected, _module_path)
 
 
 def load_deeplab(paths=None, *, model: DeepLabV2MSC | None = None, progress: bool = True):

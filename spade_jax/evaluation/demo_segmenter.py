@@ -53,6 +53,7 @@ from absl import logging
 
 from spade_jax.data import demo as demo_data
 from spade_jax.evaluation.metrics import ConfusionMatrix
+from spade_jax.models import count_params
 
 __all__ = ["SegNet", "DemoSegmenter", "train_demo_segmenter", "load_or_train", "real_ceiling", "load_split",
            "check_demo_data", "data_fingerprint", "default_cache_path", "PROTOCOL", "ARCH_VERSION",
@@ -138,10 +139,6 @@ class SegNet(nn.Module):
     return out[:, :h, :w].astype(jnp.float32)
 
 
-def param_count(variables) -> int:
-  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(variables)))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Data
 
@@ -168,12 +165,9 @@ def check_demo_data(data_cfg, splits=("train",)) -> None:
         raise ValueError(f"demo segmenter: folder {d or '(unset)'} of split {split!r} does not exist (root "
                          f"{root!r}); expected {expected}. Generate it with `python -m spade_jax.data.demo "
                          f"--out=ROOT` (or config.data.demo_generate=True).")
-  marker = Path(root) / demo_data._MARKER
-  if root and marker.is_file():
-    try:
-      classes = json.loads(marker.read_text()).get("classes")
-    except ValueError:
-      classes = None
+  marker = demo_data.read_marker(root) if root else None
+  if marker:
+    classes = marker["params"].get("classes")
     if classes is not None and tuple(classes) != CLASS_NAMES:
       raise ValueError(f"demo segmenter: data set at root {root!r} has classes {classes}; expected {expected}.")
 
@@ -212,13 +206,8 @@ def data_fingerprint(data_cfg, *, steps: int, batch_size: int, seed: int) -> dic
     files += [f"{p.parent.name}/{p.name}:{p.stat().st_size}" for p in listed]
     counts.append(len(listed))
   root = _root(data_cfg)
-  marker = Path(root) / demo_data._MARKER
-  generator = None
-  if root and marker.is_file():
-    try:
-      generator = json.loads(marker.read_text())
-    except ValueError:
-      generator = None
+  marker = demo_data.read_marker(root) if root else None
+  generator = marker["params"] if marker else None
   return {
       "arch": ARCH_VERSION,
       "root": str(Path(root).absolute()) if root else "",
@@ -263,7 +252,7 @@ class DemoSegmenter:
 
   @property
   def num_params(self) -> int:
-    return param_count(self.variables)
+    return count_params(self.variables)
 
   def logits(self, images) -> np.ndarray:
     """float32 (N, H, W, num_classes) logits (un-chunked; for inspection)."""

@@ -1,10 +1,11 @@
 """DRN-D-105 segmentation network (fyu/drn `DRNSeg('drn_d_105', 19)`) in Flax (NHWC), with a weight converter.
 
 Architecture (drn.py, arch 'D', Bottleneck, layers [1, 1, 3, 4, 23, 3, 1, 1], channels 16..512):
-layer0 7x7 conv; layer1-2 3x3 conv layers (layer2 stride 2); layer3-6 Bottlenecks (3, 4 stride 2; 5, 6 dilated
-2 and 4, output stride 8); layer7-8 de-gridding 3x3 conv layers (dilation 2, 1; no residual); BN eps 1e-5 in
-inference mode. Head: `seg` 1x1 conv to 19 classes (bias), `up` the fixed bilinear ConvTranspose2d(19, 19, 16,
-stride 8, padding 4, groups 19) - here in exact polyphase form - then LogSoftmax over classes.
+layer0 7x7 conv; layer1-2 3x3 conv layers (layer2 stride 2); layer3-6 Bottlenecks (`resnet.ResLayer`, stride in
+the 3x3 conv; 3, 4 stride 2; 5, 6 dilated 2 and 4, output stride 8); layer7-8 de-gridding 3x3 conv layers
+(dilation 2, 1; no residual); BN eps 1e-5 in inference mode. Head: `seg` 1x1 conv to 19 classes (bias), `up` the
+fixed bilinear ConvTranspose2d(19, 19, 16, stride 8, padding 4, groups 19) - here in exact polyphase form - then
+LogSoftmax over classes.
 
 Input: RGB in [0, 1] normalised with the Cityscapes mean/std of fyu/drn's info.json (`normalize`). The checkpoint
 `drn-d-105_ms_cityscapes.pth` (http://go.yf.io/drn-cityscapes-models) has keys `base.<i>...`, `seg.*`, `up.weight`
@@ -22,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from spade_jax.evaluation._convert import convert_state_dict
+from spade_jax.evaluation.resnet import ResLayer, bn, conv, torchvision_block_path
 
 __all__ = ["DRNSeg", "convert_drn_seg", "load_drn_seg", "normalize", "CITYSCAPES_MEAN", "CITYSCAPES_STD",
            "CITYSCAPES_LABEL_TO_TRAIN_ID", "cityscapes_label_to_train_id", "CITYSCAPES_TRAIN_CLASSES"]
@@ -56,15 +58,6 @@ def normalize(images):
   return (x - jnp.asarray(CITYSCAPES_MEAN, jnp.float32)) / jnp.asarray(CITYSCAPES_STD, jnp.float32)
 
 
-def _bn(name):
-  return nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)
-
-
-def _conv(features, kernel, stride=1, dilation=1, padding=0, name=None, bias=False):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), kernel_dilation=(dilation, dilation),
-                 padding=((padding, padding), (padding, padding)), use_bias=bias, name=name)
-
-
 class ConvLayers(nn.Module):
   """`_make_conv_layers`: n x (3x3 conv, BN, ReLU); the first conv carries the stride."""
   features: int
@@ -75,40 +68,8 @@ class ConvLayers(nn.Module):
   @nn.compact
   def __call__(self, x):
     for j in range(self.n):
-      x = _conv(self.features, 3, self.stride if j == 0 else 1, self.dilation, self.dilation, name=f"conv{j}")(x)
-      x = nn.relu(_bn(f"bn{j}")(x))
-    return x
-
-
-class Bottleneck(nn.Module):
-  planes: int
-  stride: int = 1
-  dilation: int = 1
-  downsample: bool = False
-
-  @nn.compact
-  def __call__(self, x):
-    out = nn.relu(_bn("bn1")(_conv(self.planes, 1, name="conv1")(x)))
-    out = nn.relu(_bn("bn2")(_conv(self.planes, 3, self.stride, self.dilation, self.dilation, name="conv2")(out)))
-    out = _bn("bn3")(_conv(self.planes * 4, 1, name="conv3")(out))
-    res = x
-    if self.downsample:
-      res = _bn("downsample_bn")(_conv(self.planes * 4, 1, self.stride, name="downsample_conv")(x))
-    return nn.relu(out + res)
-
-
-class BottleneckLayer(nn.Module):
-  planes: int
-  n: int
-  stride: int = 1
-  dilation: int = 1
-
-  @nn.compact
-  def __call__(self, x):
-    down = self.stride != 1 or x.shape[-1] != self.planes * 4
-    x = Bottleneck(self.planes, self.stride, self.dilation, down, name="block0")(x)
-    for b in range(1, self.n):
-      x = Bottleneck(self.planes, 1, self.dilation, name=f"block{b}")(x)
+      x = conv(self.features, 3, self.stride if j == 0 else 1, self.dilation, name=f"conv{j}")(x)
+      x = nn.relu(bn(f"bn{j}")(x))
     return x
 
 
@@ -152,16 +113,16 @@ class DRNSeg(nn.Module):
   @nn.compact
   def __call__(self, x, return_logits: bool = False):
     L, C = self.layers, self.channels
-    x = nn.relu(_bn("bn0")(_conv(C[0], 7, padding=3, name="conv0")(x)))  # layer0
+    x = nn.relu(bn("bn0")(conv(C[0], 7, name="conv0")(x)))  # layer0
     x = ConvLayers(C[0], L[0], name="layer1")(x)
     x = ConvLayers(C[1], L[1], stride=2, name="layer2")(x)
-    x = BottleneckLayer(C[2], L[2], stride=2, name="layer3")(x)
-    x = BottleneckLayer(C[3], L[3], stride=2, name="layer4")(x)
-    x = BottleneckLayer(C[4], L[4], dilation=2, name="layer5")(x)
-    x = BottleneckLayer(C[5], L[5], dilation=4, name="layer6")(x)
+    x = ResLayer(C[2], L[2], stride=2, name="layer3")(x)
+    x = ResLayer(C[3], L[3], stride=2, name="layer4")(x)
+    x = ResLayer(C[4], L[4], dilation=2, name="layer5")(x)
+    x = ResLayer(C[5], L[5], dilation=4, name="layer6")(x)
     x = ConvLayers(C[6], L[6], dilation=2, name="layer7")(x)
     x = ConvLayers(C[7], L[7], name="layer8")(x)
-    x = _conv(self.classes, 1, name="seg", bias=True)(x)
+    x = conv(self.classes, 1, bias=True, name="seg")(x)
     y = BilinearUp(self.classes, name="up")(x)
     logp = jax.nn.log_softmax(y, axis=-1)
     return (logp, y) if return_logits else logp
@@ -179,10 +140,7 @@ def _module_path(prefix: str) -> tuple:
   if i in (1, 2, 7, 8):
     j, r = divmod(int(rest[0]), 3)
     return (f"layer{i}", f"{('conv', 'bn')[r]}{j}")
-  block = f"block{int(rest[0])}"
-  if rest[1] == "downsample":
-    return (f"layer{i}", block, ("downsample_conv", "downsample_bn")[int(rest[2])])
-  return (f"layer{i}", block, rest[1])
+  return (f"layer{i}", f"block{int(rest[0])}", *torchvision_block_path(rest[1:]))
 
 
 def convert_drn_seg(state_dict, model: DRNSeg | None = None) -> dict:

@@ -21,10 +21,9 @@ import numpy as np
 from spade_jax.evaluation._convert import convert_state_dict
 from spade_jax.models.layers import bilinear_resize
 
-__all__ = ["FIDInceptionV3", "convert_fid_inception", "load_fid_inception", "FID_INPUT_SIZE", "FID_FEATURE_DIM"]
+__all__ = ["FIDInceptionV3", "convert_fid_inception", "load_fid_inception", "FID_INPUT_SIZE"]
 
 FID_INPUT_SIZE = 299
-FID_FEATURE_DIM = 2048
 
 
 def _pad(p):

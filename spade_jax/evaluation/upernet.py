@@ -3,8 +3,9 @@ mit-semseg test procedure: the ADE20K segmentation network of the SPADE protocol
 
 Architecture (CSAILVision/semantic-segmentation-pytorch, BSD-3; written here from its description):
   * encoder: mit-semseg's ResNet-101 with the deep stem - conv3x3 3->64 stride 2, conv3x3 64->64, conv3x3 64->128,
-    each + BN + ReLU, MaxPool(3, 2, 1) - then Bottleneck layers [3, 4, 23, 3] (planes 64..512, stride in the 3x3
-    conv, layers 2-4 stride 2, no dilation); the four layer outputs (strides 4, 8, 16, 32) go to the decoder.
+    each + BN + ReLU, MaxPool(3, 2, 1) - then Bottleneck layers [3, 4, 23, 3] (`resnet.ResLayer`; planes 64..512,
+    stride in the 3x3 conv, layers 2-4 stride 2, no dilation); the four layer outputs (strides 4, 8, 16, 32) go to
+    the decoder.
   * decoder: UPerNet(num_class=150, fc_dim=2048, pool_scales=(1, 2, 3, 6), fpn_dim=512). PPM: AdaptiveAvgPool2d(s)
     of conv5 (PyTorch's bins [floor(i*H/s), ceil((i+1)*H/s)) ), bilinear (align_corners=False) back to conv5's size,
     *then* 1x1 conv 2048->512 + BN + ReLU; concat with conv5, 3x3 conv+BN+ReLU 4096->512. FPN top-down: 1x1
@@ -39,6 +40,7 @@ import numpy as np
 
 from spade_jax.colormap import ADE20K_NAMES
 from spade_jax.evaluation._convert import convert_state_dict
+from spade_jax.evaluation.resnet import ConvBN, ResLayer, bn, conv, torchvision_block_path
 from spade_jax.models.layers import bilinear_resize
 
 __all__ = ["UperNet101", "ResNetEncoder", "UPerNetDecoder", "NUM_CLASSES", "ADE20K_CLASSES", "IMAGENET_MEAN",
@@ -100,41 +102,6 @@ def adaptive_avg_pool(x, out_size: int):
   return jnp.einsum("nhwc,ih,jw->nijc", x, mat(x.shape[1]), mat(x.shape[2]), precision=jax.lax.Precision.HIGHEST)
 
 
-def _bn(name):
-  return nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)
-
-
-def _conv(features, kernel, stride=1, padding=0, name=None, bias=False):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding), (padding, padding)),
-                 use_bias=bias, name=name)
-
-
-class ConvBNReLU(nn.Module):
-  """conv (no bias) + BN + ReLU, mit-semseg's `Sequential(Conv2d, BatchNorm2d, ReLU)` / `conv3x3_bn_relu`."""
-  features: int
-  kernel: int = 3
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.relu(_bn("bn")(_conv(self.features, self.kernel, padding=self.kernel // 2, name="conv")(x)))
-
-
-class Bottleneck(nn.Module):
-  planes: int
-  stride: int = 1
-  downsample: bool = False
-
-  @nn.compact
-  def __call__(self, x):
-    out = nn.relu(_bn("bn1")(_conv(self.planes, 1, name="conv1")(x)))
-    out = nn.relu(_bn("bn2")(_conv(self.planes, 3, self.stride, 1, name="conv2")(out)))
-    out = _bn("bn3")(_conv(self.planes * 4, 1, name="conv3")(out))
-    res = x
-    if self.downsample:
-      res = _bn("downsample_bn")(_conv(self.planes * 4, 1, self.stride, name="downsample_conv")(x))
-    return nn.relu(out + res)
-
-
 class ResNetEncoder(nn.Module):
   """mit-semseg `Resnet(resnet101)`: NHWC normalised images -> [conv2, conv3, conv4, conv5] (strides 4..32)."""
   layers: Sequence[int] = (3, 4, 23, 3)
@@ -142,15 +109,11 @@ class ResNetEncoder(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i, c in enumerate((64, 64, 128), start=1):
-      x = nn.relu(_bn(f"bn{i}")(_conv(c, 3, 2 if i == 1 else 1, 1, name=f"conv{i}")(x)))
+      x = nn.relu(bn(f"bn{i}")(conv(c, 3, 2 if i == 1 else 1, name=f"conv{i}")(x)))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    outs, inplanes = [], 128
-    for li, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers), start=1):
-      stride = 1 if li == 1 else 2
-      for b in range(n):
-        down = b == 0 and (stride != 1 or inplanes != planes * 4)
-        x = Bottleneck(planes, stride if b == 0 else 1, down, name=f"layer{li}_{b}")(x)
-        inplanes = planes * 4
+    outs = []
+    for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers), start=1):
+      x = ResLayer(planes, n, 1 if i == 1 else 2, name=f"layer{i}")(x)
       outs.append(x)
     return outs
 
@@ -167,18 +130,18 @@ class UPerNetDecoder(nn.Module):
     size = conv5.shape[1:3]
     ppm = [conv5]
     for i, s in enumerate(self.pool_scales):
-      ppm.append(ConvBNReLU(512, 1, name=f"ppm_conv{i}")(bilinear_resize(adaptive_avg_pool(conv5, s), size)))
-    f = ConvBNReLU(self.fpn_dim, 3, name="ppm_last_conv")(jnp.concatenate(ppm, axis=-1))
+      ppm.append(ConvBN(512, 1, name=f"ppm_conv{i}")(bilinear_resize(adaptive_avg_pool(conv5, s), size)))
+    f = ConvBN(self.fpn_dim, 3, name="ppm_last_conv")(jnp.concatenate(ppm, axis=-1))
     feats = [f]
     for i in reversed(range(len(conv_out) - 1)):
-      lat = ConvBNReLU(self.fpn_dim, 1, name=f"fpn_in{i}")(conv_out[i])
+      lat = ConvBN(self.fpn_dim, 1, name=f"fpn_in{i}")(conv_out[i])
       f = lat + bilinear_resize(f, lat.shape[1:3])
-      feats.append(ConvBNReLU(self.fpn_dim, 3, name=f"fpn_out{i}")(f))
+      feats.append(ConvBN(self.fpn_dim, 3, name=f"fpn_out{i}")(f))
     feats.reverse()
     out_size = feats[0].shape[1:3]
     fused = jnp.concatenate([feats[0]] + [bilinear_resize(t, out_size) for t in feats[1:]], axis=-1)
-    x = ConvBNReLU(self.fpn_dim, 3, name="conv_last0")(fused)
-    return _conv(self.num_classes, 1, name="conv_last1", bias=True)(x)
+    x = ConvBN(self.fpn_dim, 3, name="conv_last0")(fused)
+    return conv(self.num_classes, 1, bias=True, name="conv_last1")(x)
 
 
 class UperNet101(nn.Module):
@@ -200,10 +163,7 @@ def _module_path(prefix: str) -> tuple:
   if f[0] == "encoder":
     if len(f) == 2:  # stem conv1..3 / bn1..3
       return ("encoder", f[1])
-    layer, block, rest = f[1], int(f[2]), f[3:]
-    if rest[0] == "downsample":
-      return ("encoder", f"{layer}_{block}", ("downsample_conv", "downsample_bn")[int(rest[1])])
-    return ("encoder", f"{layer}_{block}", rest[0])
+    return ("encoder", f[1], f"block{int(f[2])}", *torchvision_block_path(f[3:]))
   if f[0] == "decoder":
     name, rest = f[1], f[2:]
     if name in ("ppm_conv", "fpn_in"):

@@ -4,7 +4,7 @@ Variable collections: 'params' (trainable), 'batch_stats' (SPADE running mean/va
 """
 from spade_jax.models.discriminator import MultiscaleDiscriminator, NLayerDiscriminator
 from spade_jax.models.encoder import ConvEncoder, reparameterize
-from spade_jax.models.factory import build_discriminator, build_encoder, build_generator, count_params, semantic_nc
+from spade_jax.models.factory import build_discriminator, build_encoder, build_generator, count_params
 from spade_jax.models.generator import SPADEGenerator, latent_size, output_size
 from spade_jax.models.spade import SPADE, SPADEResnetBlock
 from spade_jax.models.vgg import VGG19
@@ -12,5 +12,5 @@ from spade_jax.models.vgg import VGG19
 __all__ = [
     "SPADE", "SPADEResnetBlock", "SPADEGenerator", "MultiscaleDiscriminator", "NLayerDiscriminator", "ConvEncoder",
     "VGG19", "reparameterize", "latent_size", "output_size", "build_generator", "build_discriminator",
-    "build_encoder", "count_params", "semantic_nc",
+    "build_encoder", "count_params",
 ]

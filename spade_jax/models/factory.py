@@ -6,16 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from spade_jax import platforms
+from spade_jax.errors import UserError
 from spade_jax.models.discriminator import MultiscaleDiscriminator
 from spade_jax.models.encoder import ConvEncoder
 from spade_jax.models.generator import SPADEGenerator
-from spade_jax.semantics import label_channels, semantic_channels
-
-
-def semantic_nc(data_cfg) -> int:
-  """One-hot channels + don't-care channel + instance-edge channel (the official `semantic_nc`)."""
-  return semantic_channels(data_cfg)
-
+from spade_jax.semantics import label_channels
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: the float32 default, no casts
 
@@ -25,7 +20,7 @@ def compute_dtype(model_cfg):
   written before the option existed float32)."""
   name = str(model_cfg.dtype)
   if name not in DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    raise UserError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
   return DTYPES[name]
 
 

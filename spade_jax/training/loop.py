@@ -6,20 +6,22 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import parameter_overview
 
+from spade_jax import checkpoints, parallel, platforms
 from spade_jax import config as spade_config
-from spade_jax import parallel, platforms
 from spade_jax.data import make_dataset, steps_per_epoch
+from spade_jax.errors import UserError
 from spade_jax.images import colorize_labels, sample_grid, to_uint8
+from spade_jax.models import count_params
 from spade_jax.networks import Networks, synthesis_variables
 from spade_jax.progress import Progress
-from spade_jax.training import checkpoint as ckpt_lib
+from spade_jax.training import checkpointer as ckpt_lib
 from spade_jax.training import writer as writer_lib
+from spade_jax.training.lock import WorkdirLock
 from spade_jax.training.state import create_train_state
 from spade_jax.training.step import g_trainable
 from spade_jax.weights import official
@@ -39,9 +41,9 @@ def _load_vgg(config):
   from spade_jax.weights.vgg19 import load_vgg19
   try:
     return load_vgg19(config.loss.vgg_weights or None)
-  except Exception as e:
-    raise RuntimeError(f"{e}\nThe VGG perceptual loss needs these weights. To train without it, disable it "
-                       "explicitly: --config.loss.lambda_vgg=0") from e
+  except (UserError, FileNotFoundError) as e:  # not downloadable here, not found, not a VGG19 file
+    raise UserError(f"{str(e).rstrip('.')}. The VGG perceptual loss needs these weights; to train without it, "
+                    "disable it explicitly: --config.loss.lambda_vgg=0") from e
 
 
 def _init_from(state, source: str):
@@ -49,12 +51,12 @@ def _init_from(state, source: str):
   directory = Path(source)
   if (directory / "checkpoints").is_dir():
     directory = directory / "checkpoints"
-  loaded = ckpt_lib.restore_subtrees(directory, keys=("g", "d", "e"))
+  loaded = checkpoints.restore_subtrees(directory, keys=("g", "d", "e"))
   if "g" not in loaded:
-    raise ValueError(f"init_from={source}: no generator ('g') in the checkpoint at {directory}")
+    raise UserError(f"init_from={source}: no generator ('g') in the checkpoint at {directory}")
   for key, tree in loaded.items():
     if key not in state:
-      raise ValueError(f"init_from={source} holds '{key}' but this config has no such network (use_vae?)")
+      raise UserError(f"init_from={source} holds '{key}' but this config has no such network (use_vae?)")
     official.check_variables(tree, state[key], f"init_from={source} ({key})")
     # via numpy: the restored arrays live on this process's first device, the state on all devices of all hosts
     state[key] = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new).astype(old.dtype), old.sharding),
@@ -70,15 +72,42 @@ def _programs(jitted) -> int | None:
   return size() if size else None
 
 
-def _check_resumable(ckpt, abstract):
-  """Options that change the state's structure must match the run being resumed (else orbax fails obscurely)."""
-  saved = spade_config.from_dict(ckpt.read_config()).train  # an older run's config, completed from the schema
-  had_ema = saved.ema_decay > 0
-  if had_ema != ("ema" in abstract):
-    raise ValueError(f"the checkpoints in {ckpt.directory} were written {'with' if had_ema else 'without'} a weight "
-                     f"EMA but this config has train.ema_decay={'0' if had_ema else '> 0'}: resume with "
-                     f"--config.train.ema_decay={saved.ema_decay}, or start a new workdir (optionally "
-                     f"--config.train.init_from=<this workdir>)")
+def _restore_newest_intact(ckpt, config, setup, train_iter, train_data):
+  """(state, step, iterator) of the newest checkpoint that reads back whole. A damaged one (a file missing or
+  truncated: an interrupted copy, a full disk) is named, set aside as `<step>.damaged` and skipped. The config saved
+  with the checkpoint must agree with this run's on every key that shapes the state (else Orbax fails obscurely)."""
+  for step in reversed(ckpt.all_steps()):
+    try:
+      with checkpoints.reading(ckpt.directory, step, advice=""):
+        saved = spade_config.from_dict(ckpt.read_config(step))  # an older run's config, completed from the schema
+        mismatch = spade_config.state_mismatch(saved, config, ckpt.directory.parent)
+        if mismatch:
+          raise UserError(mismatch)
+        same_processes = ckpt.has_data_iter(step)
+        state = ckpt.restore(step, abstract_state=setup.target(), data_iter=train_iter if same_processes else None)
+    except checkpoints.CheckpointError as e:
+      aside = ckpt.set_aside(step)
+      logging.warning("%s. Moved it to %s; resuming from an earlier checkpoint", e, aside)
+      continue
+    if not same_processes:  # written by another number of processes: the step is the position in the global order
+      train_iter = iter(train_data(step))
+      logging.info("the checkpoint's data position was written by another number of processes: continuing at "
+                   "global batch %d of the data order", step)
+    return state, step, train_iter
+  raise checkpoints.CheckpointError(f"no intact checkpoint is left in {ckpt.directory} (the damaged ones were moved "
+                                    "to <step>.damaged): start again with a new --workdir, or restore a copy")
+
+
+def _workdir(workdir) -> Path:
+  """The workdir, created; a path that is a file (or cannot be created) is named as the user's mistake."""
+  workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir={workdir} is a file, not a folder: give a folder for checkpoints and logs")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create --workdir={workdir}: {e.strerror or e}") from None
+  return workdir
 
 
 def _check_finite(pending, ckpt):
@@ -97,10 +126,14 @@ def _check_finite(pending, ckpt):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains until the configured number of steps (resuming from `workdir` if it has checkpoints); returns the
   last logged metrics."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = _workdir(workdir)
   is_main = jax.process_index() == 0
+  with WorkdirLock(workdir, enabled=is_main):
+    return _train(spade_config.validate(config), workdir, is_main)
 
+
+def _train(config, workdir: Path, is_main: bool) -> dict:
+  """The run itself, under the workdir's lock and with a validated config."""
   # ---- mesh and data ----
   if config.data.demo_generate:
     from spade_jax.data import demo
@@ -112,35 +145,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   local_bs = parallel.check_batch_size(global_bs, mesh, config.train.grad_accum)
   spe = steps_per_epoch(config.data, "train", global_bs)
   if spe == 0:
-    raise ValueError(f"the training set has fewer images than config.train.batch_size={global_bs}")
+    raise UserError(f"the training set has fewer images than config.train.batch_size={global_bs}")
   total_steps = _total_steps(config, spe)
   rows = parallel.local_rows(mesh, global_bs)  # this process's share of every global batch
   train_data = lambda start: make_dataset(config.data, split="train", batch_size=local_bs, seed=config.seed,
                                           train=True, process_count=jax.process_count(), rows=rows,
                                           start_batch=start)
   train_iter = iter(train_data(0))
+  # A fresh run reads its first batch now: a bad file in it (and missing VGG weights) fail before the networks
+  # are built and compiled.
+  fresh = checkpoints.latest_step(checkpoints.checkpoint_dir(workdir)) is None
+  first = next(train_iter) if fresh else None
+  vgg = _load_vgg(config)
 
   # ---- networks, optimisers, state ----
   repl = parallel.replicated(mesh)
   with jax.set_mesh(mesh):
-    ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
+    ckpt = ckpt_lib.Checkpointer(checkpoints.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
     resumed = ckpt.latest_step()
     state, setup = create_train_state(config, mesh, steps_per_epoch=spe, fresh=resumed is None)
     nets, train_step = setup.spec.nets, setup.step
     if resumed is not None:
-      _check_resumable(ckpt, setup.abstract)
-      same_processes = ckpt.has_data_iter(resumed)
-      state = ckpt.restore(abstract_state=setup.target(), data_iter=train_iter if same_processes else None)
-      if not same_processes:  # written by another number of processes: the step is the position in the global order
-        train_iter = iter(train_data(resumed))
-        logging.info("the checkpoint's data position was written by another number of processes: continuing at "
-                     "global batch %d of the data order", resumed)
+      try:
+        state, resumed, train_iter = _restore_newest_intact(ckpt, config, setup, train_iter, train_data)
+      except BaseException:
+        ckpt.close()  # no Orbax threads left behind to print at exit
+        raise
       logging.info("resumed from step %d in %s", resumed, ckpt.directory)
     elif config.train.init_from:
       state = _init_from(state, config.train.init_from)
       if "ema" in state:  # the average starts from the loaded weights
         state["ema"] = jax.tree.map(lambda x: x.copy(), g_trainable(state))
-    vgg = _load_vgg(config)
     vgg = jax.device_put(vgg, repl) if vgg is not None else None
     sample_fn = jax.jit(lambda s, b: _samples(nets, s, b), out_shardings=repl,  # replicated: every host reads it
                         compiler_options=platforms.compiler_options(platforms.platform_of(mesh)))
@@ -154,8 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     readable = all(x.is_fully_replicated or x.is_fully_addressable for x in jax.tree.leaves(state["g"]["params"]))
     logging.info("generator parameters:\n%s", parameter_overview.get_parameter_overview(
         state["g"]["params"], include_stats=readable))
-    n_g = sum(x.size for x in jax.tree.leaves(g_trainable(state)))
-    n_d = sum(x.size for x in jax.tree.leaves(state["d"]["params"]))
+    n_g, n_d = count_params(g_trainable(state)), count_params(state["d"]["params"])
     logging.info("G(+E) %s params, D %s params; %d devices; global batch %d; %d steps/epoch; steps %d -> %d",
                  f"{n_g:,}", f"{n_d:,}", mesh.devices.size, global_bs, spe, start, total_steps)
   writer = writer_lib.MetricWriter(str(workdir), enabled=is_main)
@@ -171,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with ckpt_lib.PreemptionGuard() as guard, jax.set_mesh(mesh):
       while step < total_steps:
         t0 = time.time()
-        local = next(train_iter)
+        local, first = (next(train_iter) if first is None else first), None
         wait_time += time.time() - t0
         batch = parallel.global_batch(local, mesh)
         state, metrics = train_step(state, batch, vgg, rng)
@@ -213,9 +247,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if evaluate is not None and (last or (every > 0 and step % every == 0)):
           t_log += evaluate(state, step, writer)  # keep evaluation time out of the training rate
   finally:  # even on an error, finish in-flight (good) checkpoint writes
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.close()
+    finally:
+      writer.close()
   return last_metrics
 
 
@@ -223,12 +258,9 @@ def _samples(nets: Networks, state, batch):
   """Eval-mode synthesis of the first samples of a batch (VAE: the style code of each real image, z = mu); returns
   (labels, synthesis, real images) of those samples."""
   batch = jax.tree.map(lambda x: x[:NUM_SAMPLES], batch)
-  sem = nets.semantics(batch)
   g_vars, e_vars = synthesis_variables(state)
-  z = None
-  if nets.E is not None:
-    z, _ = nets.E.apply(e_vars, batch["image"], train=False)
-  return batch["label"], nets.G.apply(g_vars, sem, z, train=False).astype(jnp.float32), batch["image"]
+  z = nets.encode(e_vars, batch["image"])[0] if nets.E is not None else None
+  return batch["label"], nets.synthesize(g_vars, batch, z), batch["image"]
 
 
 def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
@@ -253,12 +285,13 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
     g_vars, e_vars = synthesis_variables(state)
     z = runner.eval_latents(first, batch["label"].shape[0], nets.G.z_dim) if nets.E is not None else None
     if "image" in batch:  # the demo's style scores: z = the encoder's mean of each style image
-      z, _ = nets.E.apply(e_vars, batch["image"], train=False)
-    return nets.G.apply(g_vars, nets.semantics(batch), z, train=False).astype(jnp.float32)
+      z = nets.encode(e_vars, batch["image"])[0]
+    return nets.synthesize(g_vars, batch, z)
 
   synth = jax.jit(images, out_shardings=parallel.replicated(mesh),
                   compiler_options=platforms.compiler_options(platforms.platform_of(mesh)))
   disabled = []
+  style_history = []  # the demo's style scores of every evaluation so far: the report shows them over training
 
   def evaluate(state, step, writer):
     if disabled:
@@ -280,6 +313,15 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
       logging.exception("evaluation at step %d failed; evaluation is off for the rest of this run", step)
       disabled.append(step)
       return time.time() - t0
+    if report.get("style"):
+      style_history.append({"step": int(step), "accuracy": report["style"]["accuracy"],
+                            "random_code_shares": report["style"]["random_code_shares"]})
+      report["style"]["over_training"] = list(style_history)
+      logging.info("style accuracy over training (random-code shares %s): %s",
+                   "/".join(report["style"]["random_code_shares"]), ", ".join(
+                       f"step {h['step']} {h['accuracy'] or 0:.3f} ("
+                       + "/".join(f"{v or 0:.2f}" for v in h["random_code_shares"].values()) + ")"
+                       for h in style_history))
     if jax.process_index() == 0:
       runner.write(report, grid, workdir / "eval" / f"step_{step}")
     scalars = runner.scalars(report)

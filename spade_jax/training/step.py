@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from spade_jax import losses, platforms
+from spade_jax import losses, parallel, platforms
+from spade_jax.errors import UserError
 from spade_jax.models import VGG19, reparameterize
 from spade_jax.models.layers import at_least_float32
 from spade_jax.networks import Networks
@@ -51,9 +52,9 @@ class StepSpec:
     l, t = config.loss, config.train
     accum, decay = int(t.grad_accum), float(t.ema_decay)
     if accum < 1:
-      raise ValueError(f"config.train.grad_accum must be >= 1, got {accum}")
+      raise UserError(f"config.train.grad_accum must be >= 1, got {accum}")
     if not 0.0 <= decay < 1.0:
-      raise ValueError(f"config.train.ema_decay must be in [0, 1) (0 disables the EMA), got {decay}")
+      raise UserError(f"config.train.ema_decay must be in [0, 1) (0 disables the EMA), got {decay}")
     nets = Networks.from_config(config, axis_name, platform)
     return cls(nets=nets, vgg=VGG19(l.vgg_input_norm, dtype=nets.dtype) if l.lambda_vgg > 0 else None,
                lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld, grad_accum=accum,
@@ -266,8 +267,7 @@ def make_train_step(spec: StepSpec, tx_g, tx_d, mesh, state_sharding, *, use_sha
   `use_shard_map` the body runs per device with explicit collectives (G built with axis_name=DATA so SPADE's
   sync batch norm pmeans its statistics; gradients and metrics are pmean'd).
   """
-  repl = jax.sharding.NamedSharding(mesh, P())
-  data = jax.sharding.NamedSharding(mesh, P(DATA))
+  repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   body = functools.partial(train_step, spec, tx_g, tx_d)
   if use_shard_map:
     if spec.nets.G.axis_name != DATA:

@@ -19,11 +19,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from spade_jax.errors import UserError
+
 __all__ = ["PRETRAINED", "Pretrained", "WeightsUnavailableError", "cache_dir", "fetch", "sha256_file"]
 
 
-class WeightsUnavailableError(RuntimeError):
-  """The weights are not cached and could not be downloaded (e.g. no internet)."""
+class WeightsUnavailableError(UserError, RuntimeError):
+  """The weights are not cached and could not be downloaded (e.g. no internet); the message says where to put
+  them. A RuntimeError too, as before."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def fetch(name_or_url: str, *, path=None, progress: bool = True, sha256_prefix: 
           f"or set SPADE_JAX_CACHE to a directory that contains {dest.name}."
         ) from err
     if want and not digest.startswith(want):
-      raise ValueError(
+      raise UserError(
         f"sha256 mismatch for {e.url}: expected prefix {want}, got {digest}; deleted the download (was {tmp})"
       )
     os.replace(tmp, dest)

@@ -20,14 +20,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from spade_jax.errors import UserError
 from spade_jax.models.vgg import VGG19_CONVS
 
 _VGG_NAMES = {str(i): name for i, name, _ in VGG19_CONVS}
 _BUFFERS = {"running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
 
 
-class ConversionError(ValueError):
-  pass
+class ConversionError(UserError):
+  """Weights that do not convert: the message names the file, key or option and what to pass instead."""
 
 
 def _module_path(parts: list[str], network: str) -> tuple[str, ...]:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spade_jax.errors import UserError
+
 __all__ = ["load_state_dict"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -285,4 +287,4 @@ def load_state_dict(
       out[name] = _materialize(value)
     return out
   except (_Bad, _Refused) as e:
-    raise ValueError(f"{path}: {e}") from None
+    raise UserError(f"{path}: {e}") from None

@@ -1,7 +1,5 @@
 """DeepLabV2-ResNet-101 MSC (kazuto1011/deeplab-pytorch, COCO-Stuff 164k) parity with a torch reference in the
 official key layout; its test step; COCO-Stuff label mapping; converter errors; offline weights message."""
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -21,23 +19,37 @@ from spade_jax.evaluation.deeplab import (
   segment_cocostuff,
 )
 from spade_jax.weights import download
-from tests.evaluation.torch_refs_seg import TorchDeepLabV2, TorchMSC, deeplab_predict, num_params, randomize_seg
+from tests.evaluation.torch_refs_seg import (
+  FULL_DEPTH,
+  TorchDeepLabV2,
+  TorchMSC,
+  apply_nchw,
+  deeplab_predict,
+  nchw,
+  num_params,
+  randomize_seg,
+  tree_shapes,
+  tree_size,
+  zero_state_dict,
+)
 
 SMALL = (1, 1, 2, 1)
 TRUNK_PARAMS, ASPP_PARAMS = 42_500_160, 13_419_224  # trunk = torchvision ResNet-101 without fc
 
 
-def _nchw(x):
-  return np.asarray(x).transpose(0, 3, 1, 2)
+def _random_ref(n_blocks, seed, residual_scale):
+  """Random-weight MSC(DeepLabV2) torch reference."""
+  ref = randomize_seg(TorchMSC(TorchDeepLabV2(NUM_CLASSES, n_blocks)), seed=seed, residual_scale=residual_scale)
+  with torch.no_grad():  # the stem sees BGR - mean (|x| up to ~150): running variance of that scale keeps logits O(1)
+    ref.base.layer1.conv1.bn.running_var.mul_(5000.0)
+  return ref
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
   """Reduced-depth MSC(DeepLabV2) torch reference saved like the official .pth and loaded through load_deeplab."""
   torch.manual_seed(0)
-  ref = randomize_seg(TorchMSC(TorchDeepLabV2(NUM_CLASSES, SMALL)), seed=3, residual_scale=0.5)
-  with torch.no_grad():  # the stem sees BGR - mean (|x| up to ~150): running variance of that scale keeps logits O(1)
-    ref.base.layer1.conv1.bn.running_var.mul_(5000.0)
+  ref = _random_ref(SMALL, seed=3, residual_scale=0.5)
   path = tmp_path_factory.mktemp("deeplab") / "deeplabv2_resnet101_msc-cocostuff164k-100000.pth"
   torch.save(ref.state_dict(), path, _use_new_zipfile_serialization=False)  # the 2019 file predates the zip format
   model, variables = load_deeplab(path, model=DeepLabV2MSC(n_blocks=SMALL))
@@ -51,7 +63,7 @@ def test_deeplab_msc_logits_match_torch(small):
   with torch.no_grad():
     want = ref(torch.from_numpy(x)).numpy()
     want_base = ref.base(torch.from_numpy(x)).numpy()
-  got = _nchw(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
+  got = apply_nchw(model, variables, x)
   assert got.shape == want.shape == (1, NUM_CLASSES, 9, 12)
   scale = np.abs(want_base).max()
   assert scale > 1.0
@@ -78,11 +90,11 @@ def test_ceil_mode_pool_and_scale_factor_resize():
   for h, w in ((8, 9), (13, 6), (128, 96), (65, 33)):
     x = rng.standard_normal((1, 2, h, w), dtype=np.float32)
     want = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=True).numpy()
-    np.testing.assert_array_equal(_nchw(max_pool_ceil(x.transpose(0, 2, 3, 1))), want)
+    np.testing.assert_array_equal(nchw(max_pool_ceil(x.transpose(0, 2, 3, 1))), want)
     for p in (0.5, 0.75):
       want = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=p, mode="bilinear",
                                              align_corners=False).numpy()
-      np.testing.assert_allclose(_nchw(resize_scale_factor(x.transpose(0, 2, 3, 1), p)), want, atol=1e-6)
+      np.testing.assert_allclose(nchw(resize_scale_factor(x.transpose(0, 2, 3, 1), p)), want, atol=1e-6)
 
 
 def test_full_depth_layout_and_parameter_count():
@@ -93,19 +105,17 @@ def test_full_depth_layout_and_parameter_count():
           "base.layer2.block1.shortcut.conv.weight", "base.layer4.block23.increase.bn.running_var",
           "base.layer5.block3.conv3x3.conv.weight", "base.aspp.c0.weight", "base.aspp.c3.bias"} <= set(sd)
   assert num_params(sd) == TRUNK_PARAMS + ASPP_PARAMS == 55_919_384
-  variables = convert_deeplab({k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in sd.items()})
-  count = lambda t: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(t))
-  assert count(variables["params"]["base"]["aspp"]) == ASPP_PARAMS
+  variables = convert_deeplab(zero_state_dict(sd))
+  assert tree_size(variables["params"]["base"]["aspp"]) == ASPP_PARAMS
   single = DeepLabV2MSC(scales=())  # the MSC scales share the base's variables
   shapes = jax.eval_shape(lambda: single.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32)))
-  assert count(shapes["params"]) == 55_919_384
-  assert jax.tree_util.tree_map(lambda a: a.shape, shapes) == jax.tree_util.tree_map(lambda a: a.shape, variables)
+  assert tree_size(shapes["params"]) == 55_919_384
+  assert tree_shapes(shapes) == tree_shapes(variables)
 
 
 def test_converter_reports_missing_and_renamed_keys():
   with torch.device("meta"):
-    sd = TorchMSC(TorchDeepLabV2(NUM_CLASSES, SMALL)).state_dict()
-  sd = {k: np.zeros(tuple(v.shape), np.float32) for k, v in sd.items()}
+    sd = zero_state_dict(TorchMSC(TorchDeepLabV2(NUM_CLASSES, SMALL)).state_dict())
   model = DeepLabV2MSC(n_blocks=SMALL)
   convert_deeplab({"module." + k: v for k, v in sd.items()}, model)  # DataParallel prefix is fine
   missing = {k: v for k, v in sd.items() if k != "base.aspp.c2.bias"}
@@ -140,19 +150,16 @@ def test_offline_message_names_url_and_path(tmp_path, offline):
   assert list((tmp_path / "cache").iterdir()) == []
 
 
-@pytest.mark.skipif(not os.environ.get("SPADE_JAX_FULL_DEPTH"),
-                    reason="full ResNet-101 forward: set SPADE_JAX_FULL_DEPTH=1")
+@FULL_DEPTH
 def test_full_depth_logits_match_torch(tmp_path):
   """Opt-in (about a minute on 2 cores): the real depth [3, 4, 23, 3] MSC, through the .pth file and load_deeplab."""
-  ref = randomize_seg(TorchMSC(TorchDeepLabV2()), seed=6, residual_scale=0.3)
-  with torch.no_grad():
-    ref.base.layer1.conv1.bn.running_var.mul_(5000.0)
+  ref = _random_ref((3, 4, 23, 3), seed=6, residual_scale=0.3)
   torch.save(ref.state_dict(), tmp_path / "deeplab.pth")
   model, variables = load_deeplab(tmp_path / "deeplab.pth")
   x = np.random.default_rng(0).standard_normal((1, 3, 70, 90), dtype=np.float32) * 60
   with torch.no_grad():
     want = ref(torch.from_numpy(x)).numpy()
-  got = _nchw(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
+  got = apply_nchw(model, variables, x)
   err = np.abs(got - want).max()
   print(f"DeepLabV2 MSC full depth max |logit diff| {err:.2e}, max |logit| {np.abs(want).max():.2f}")
   assert np.abs(want).max() > 1.0 and err < 2e-6 * np.abs(want).max()  # 1e-4 at |logit| 50

@@ -1,7 +1,5 @@
 """UperNet-101 (mit-semseg ade20k-resnet101-upernet) parity with a torch reference in the official key layout; the
 mit-semseg multi-scale test procedure; ADE20K label mapping; converter errors; offline weights message."""
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -23,15 +21,22 @@ from spade_jax.evaluation.upernet import (
   segment_ade20k,
 )
 from spade_jax.weights import download
-from tests.evaluation.torch_refs_seg import MITResnetEncoder, MITUPerNet, mit_semseg_predict, num_params, randomize_seg
+from tests.evaluation.torch_refs_seg import (
+  FULL_DEPTH,
+  MITResnetEncoder,
+  MITUPerNet,
+  apply_nchw,
+  mit_semseg_predict,
+  num_params,
+  randomize_seg,
+  tree_shapes,
+  tree_size,
+  zero_state_dict,
+)
 
 SMALL = (1, 1, 2, 1)  # reduced depth (and fpn_dim 128) for the fast numerical tests
 SMALL_FPN = 128
 ENCODER_PARAMS, DECODER_PARAMS = 42_623_936, 40_590_486
-
-
-def _nchw(x):
-  return np.asarray(x).transpose(0, 3, 1, 2)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def test_upernet_logits_match_torch(small):
   x = np.random.default_rng(0).standard_normal((2, 3, 72, 88), dtype=np.float32)
   with torch.no_grad():
     ref = dec(enc(torch.from_numpy(x))).numpy()
-  got = _nchw(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
+  got = apply_nchw(model, variables, x)
   assert got.shape == (2, NUM_CLASSES, 18, 22)
   assert np.abs(ref).max() > 1.0
   err = np.abs(got - ref).max()
@@ -105,21 +110,18 @@ def test_full_depth_layout_and_parameter_count():
   assert {"ppm_conv.3.1.running_mean", "ppm_last_conv.0.weight", "fpn_in.2.0.weight", "fpn_out.0.0.1.bias",
           "conv_last.0.0.weight", "conv_last.1.bias"} <= set(dsd)
   assert (num_params(esd), num_params(dsd)) == (ENCODER_PARAMS, DECODER_PARAMS)
-  zeros = lambda sd: {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in sd.items()}
-  variables = convert_upernet(zeros(esd), zeros(dsd))
-  count = lambda t: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(t))
-  assert count(variables["params"]["encoder"]) == ENCODER_PARAMS
-  assert count(variables["params"]["decoder"]) == DECODER_PARAMS
+  variables = convert_upernet(zero_state_dict(esd), zero_state_dict(dsd))
+  assert tree_size(variables["params"]["encoder"]) == ENCODER_PARAMS
+  assert tree_size(variables["params"]["decoder"]) == DECODER_PARAMS
   shapes = jax.eval_shape(lambda: UperNet101().init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32)))
-  assert count(shapes["params"]) == ENCODER_PARAMS + DECODER_PARAMS == 83_214_422
-  assert jax.tree_util.tree_map(lambda a: a.shape, shapes) == jax.tree_util.tree_map(lambda a: a.shape, variables)
+  assert tree_size(shapes["params"]) == ENCODER_PARAMS + DECODER_PARAMS == 83_214_422
+  assert tree_shapes(shapes) == tree_shapes(variables)
 
 
 def test_converter_reports_missing_and_renamed_keys():
   with torch.device("meta"):
     esd, dsd = MITResnetEncoder(SMALL).state_dict(), MITUPerNet(fpn_dim=SMALL_FPN).state_dict()
-  esd = {k: np.zeros(tuple(v.shape), np.float32) for k, v in esd.items()}
-  dsd = {k: np.zeros(tuple(v.shape), np.float32) for k, v in dsd.items()}
+  esd, dsd = zero_state_dict(esd), zero_state_dict(dsd)
   model = UperNet101(layers=SMALL, fpn_dim=SMALL_FPN)
   convert_upernet(esd, {"module." + k: v for k, v in dsd.items()}, model)  # DataParallel prefix is fine
   missing = dict(dsd)
@@ -155,8 +157,7 @@ def test_offline_message_names_url_and_path(tmp_path, offline):
   assert list((tmp_path / "cache").iterdir()) == []
 
 
-@pytest.mark.skipif(not os.environ.get("SPADE_JAX_FULL_DEPTH"),
-                    reason="full ResNet-101 forward: set SPADE_JAX_FULL_DEPTH=1")
+@FULL_DEPTH
 def test_full_depth_logits_match_torch(tmp_path):
   """Opt-in (about a minute on 2 cores): the real depth [3, 4, 23, 3], through the .pth files and load_upernet."""
   enc = randomize_seg(MITResnetEncoder(), seed=4, residual_scale=0.3)
@@ -167,7 +168,7 @@ def test_full_depth_logits_match_torch(tmp_path):
   x = np.random.default_rng(0).standard_normal((1, 3, 72, 88), dtype=np.float32)
   with torch.no_grad():
     ref = dec(enc(torch.from_numpy(x))).numpy()
-  got = _nchw(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
+  got = apply_nchw(model, variables, x)
   err = np.abs(got - ref).max()
   print(f"UperNet-101 full depth max |logit diff| {err:.2e}, max |logit| {np.abs(ref).max():.2f}")
   assert np.abs(ref).max() > 1.0 and err < 2e-6 * np.abs(ref).max()  # 1e-4 at |logit| 50

@@ -11,16 +11,21 @@ module/key names, and their test procedures (the oracle for tests/evaluation/tes
 * kazuto1011/deeplab-pytorch: `TorchMSC(TorchDeepLabV2)` with keys `base.layer1.conv1.{conv,bn}.*`,
   `base.layer{2..5}.block{k}.{reduce,conv3x3,increase,shortcut}.{conv,bn}.*`, `base.aspp.c{0..3}.{weight,bias}`.
   `deeplab_predict` is its main.py test step (BGR - mean, logits upsampled to the image size, softmax, argmax).
+* common: random weights, parameter counts, the opt-in `FULL_DEPTH` marker and the NCHW / state-dict helpers that
+  both test files need.
 """
 import math
+import os
 
+import jax
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tests.evaluation.torch_refs import Bottleneck
+from tests.evaluation.torch_refs import _bottleneck_layer as bottleneck_layer
 
 
 # ------------------------------------------------------------------------------------------------------ mit-semseg
@@ -32,11 +37,9 @@ def _conv3x3_bn_relu(cin, cout):
   return nn.Sequential(_conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-MITBottleneck = Bottleneck  # torchvision's Bottleneck (stride in the 3x3 conv), as DRN's at dilation 1
-
-
 class MITResnetEncoder(nn.Module):
-  """mit-semseg `Resnet(resnet101())`: deep stem (3x3 convs 3->64 s2, 64->64, 64->128), max-pool 3/2/1, layer1..4."""
+  """mit-semseg `Resnet(resnet101())`: deep stem (3x3 convs 3->64 s2, 64->64, 64->128), max-pool 3/2/1, layer1..4 of
+  torchvision's Bottleneck (stride in the 3x3 conv), the same reference layer as DRN's."""
 
   def __init__(self, layers=(3, 4, 23, 3)):
     super().__init__()
@@ -44,21 +47,10 @@ class MITResnetEncoder(nn.Module):
     self.conv2, self.bn2 = _conv3x3(64, 64), nn.BatchNorm2d(64)
     self.conv3, self.bn3 = _conv3x3(64, 128), nn.BatchNorm2d(128)
     self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-    self.inplanes = 128
-    self.layer1 = self._make_layer(64, layers[0])
-    self.layer2 = self._make_layer(128, layers[1], stride=2)
-    self.layer3 = self._make_layer(256, layers[2], stride=2)
-    self.layer4 = self._make_layer(512, layers[3], stride=2)
-
-  def _make_layer(self, planes, blocks, stride=1):
-    down = None
-    if stride != 1 or self.inplanes != planes * 4:
-      down = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, kernel_size=1, stride=stride, bias=False),
-                           nn.BatchNorm2d(planes * 4))
-    mods = [MITBottleneck(self.inplanes, planes, stride, down)]
-    self.inplanes = planes * 4
-    mods += [MITBottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-    return nn.Sequential(*mods)
+    self.layer1 = bottleneck_layer(128, 64, layers[0])
+    self.layer2 = bottleneck_layer(256, 128, layers[1], stride=2)
+    self.layer3 = bottleneck_layer(512, 256, layers[2], stride=2)
+    self.layer4 = bottleneck_layer(1024, 512, layers[3], stride=2)
 
   def forward(self, x):
     x = F.relu(self.bn1(self.conv1(x)))
@@ -253,3 +245,30 @@ def num_params(state_dict) -> int:
   """Learnable parameters of a state dict (BN running statistics and counters excluded)."""
   return sum(v.numel() for k, v in state_dict.items() if not k.endswith(("running_mean", "running_var",
                                                                            "num_batches_tracked")))
+
+
+def zero_state_dict(state_dict) -> dict:
+  """numpy zeros (broadcast views: no memory) shaped like a torch state dict, e.g. a meta-device module's."""
+  return {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in state_dict.items()}
+
+
+def tree_size(tree) -> int:
+  """Number of elements in the leaves of a (Flax variables or eval_shape) tree."""
+  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
+
+
+def tree_shapes(tree):
+  return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+
+
+def nchw(x) -> np.ndarray:
+  return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+def apply_nchw(model, variables, x_nchw) -> np.ndarray:
+  """The jitted Flax model on an NCHW numpy batch, its NHWC output as NCHW numpy, to compare with torch."""
+  return nchw(jax.jit(model.apply)(variables, np.asarray(x_nchw).transpose(0, 2, 3, 1)))
+
+
+FULL_DEPTH = pytest.mark.skipif(not os.environ.get("SPADE_JAX_FULL_DEPTH"),
+                                reason="full ResNet-101 forward: set SPADE_JAX_FULL_DEPTH=1")

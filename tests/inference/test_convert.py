@@ -13,9 +13,9 @@ from spade_jax import convert
 from spade_jax.checkpoints import read_config_dir, restore_subtrees
 from spade_jax.inference import load
 from spade_jax.models import build_discriminator
+from spade_jax.testing.parity import nchw, nhwc
 from spade_jax.weights.official import ConversionError
 from tests.inference import util
-from tests.parity import nchw, nhwc
 
 TOL = 1e-4
 

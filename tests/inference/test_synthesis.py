@@ -173,7 +173,7 @@ def test_single_device_load_of_a_mesh_checkpoint(coco_run, tmp_path):
   from jax.sharding import PartitionSpec as P
 
   from spade_jax.checkpoints import read_config_dir, restore_subtrees
-  from spade_jax.training.checkpoint import Checkpointer
+  from spade_jax.training.checkpointer import Checkpointer
   ck = coco_run["dir"] / "checkpoints"
   state = restore_subtrees(ck, ("g",), 0)
   mesh = jax.make_mesh((8,), ("data",))

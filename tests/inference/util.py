@@ -7,8 +7,8 @@ import collections
 import numpy as np
 import torch
 
-from tests import torch_reference as ref
-from tests.parity import nchw, nhwc
+from spade_jax.testing import torch_reference as ref
+from spade_jax.testing.parity import nchw, nhwc
 
 Z_DIM = 256
 

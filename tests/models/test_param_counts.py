@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from spade_jax.models import build_discriminator, build_encoder, build_generator, count_params, output_size, semantic_nc
+from spade_jax.models import build_discriminator, build_encoder, build_generator, count_params, output_size
+from spade_jax.semantics import semantic_channels
 
 # (config, G, G with VAE, D); E is 10,463,424 for all.
 OFFICIAL = {
@@ -24,7 +25,7 @@ def _count(module, *shapes):
 def test_official_parameter_counts(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   g_count, g_vae_count, d_count = OFFICIAL[name]
-  s = semantic_nc(config.data)
+  s = semantic_channels(config.data)
   h, w = output_size(config.data.crop_size, config.data.aspect_ratio, config.model.num_upsampling_layers)
   assert (h, w) == ((256, 512) if name == "cityscapes" else (256, 256))
   assert _count(build_generator(config), (1, h, w, s))[0] == g_count

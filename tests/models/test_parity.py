@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 from spade_jax import losses
 from spade_jax.models import SPADE, ConvEncoder, MultiscaleDiscriminator, SPADEGenerator, SPADEResnetBlock
 from spade_jax.models.layers import Conv2d, avg_pool_3x3_s2
-from tests import torch_reference as ref
-from tests.parity import assert_close, nchw, nhwc, variables_from
+from spade_jax.testing import torch_reference as ref
+from spade_jax.testing.parity import assert_close, nchw, nhwc, variables_from
 
 torch.manual_seed(0)
 MUTABLE = ["batch_stats", "spectral"]

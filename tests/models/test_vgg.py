@@ -7,10 +7,10 @@ torch = pytest.importorskip("torch")
 
 from spade_jax import losses
 from spade_jax.models import VGG19
+from spade_jax.testing import torch_reference as ref
+from spade_jax.testing.parity import assert_close, nchw, nhwc
 from spade_jax.weights import download
 from spade_jax.weights.vgg19 import load_vgg19
-from tests import torch_reference as ref
-from tests.parity import assert_close, nchw, nhwc
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from spade_jax.training import checkpoint as ckpt_lib
+from spade_jax import checkpoints
+from spade_jax.training import checkpointer as ckpt_lib
 from spade_jax.training.writer import read_metrics
 from tests.conftest import REPO
 from tests.training.test_train_e2e import _env as _train_env
@@ -80,7 +81,7 @@ def _wait_for(path, proc, timeout=300):
 
 
 def _state(workdir, step=None):
-  return ckpt_lib.restore_subtrees(ckpt_lib.checkpoint_dir(workdir), keys=("step", "g", "d", "opt_g", "opt_d"),
+  return checkpoints.restore_subtrees(checkpoints.checkpoint_dir(workdir), keys=("step", "g", "d", "opt_g", "opt_d"),
                                    step=step)
 
 
@@ -110,7 +111,7 @@ def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
   data, work = root / "data", root / "one"
   _run(_launch(1, 2, "train.py", _train_args(work, _overrides(data))))
-  assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(work)).all_steps() == list(range(1, STEPS + 1))
+  assert ckpt_lib.Checkpointer(checkpoints.checkpoint_dir(work)).all_steps() == list(range(1, STEPS + 1))
   return root, data, work
 
 
@@ -164,7 +165,7 @@ def test_one_process_checkpoint_resumes_in_two_and_sigkill_stops_the_other(refer
   assert named.group(2) == f"{work}/checkpoints" and last >= 4
   # Nothing corrupted: every complete checkpoint reads back; the ones written by two processes after resuming
   # from the one-process checkpoint equal the uninterrupted run's.
-  steps = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(work)).all_steps()
+  steps = ckpt_lib.Checkpointer(checkpoints.checkpoint_dir(work)).all_steps()
   assert max(steps) == last
   for s in steps:
     _assert_same_state(one, work, s)

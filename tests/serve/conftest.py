@@ -12,9 +12,9 @@ import pytest
 import spade_jax
 from configs import default
 from spade_jax.models import build_encoder, build_generator
-from spade_jax.models.factory import semantic_nc
+from spade_jax.semantics import semantic_channels
 from spade_jax.serve.server import PainterServer
-from spade_jax.training.checkpoint import Checkpointer
+from spade_jax.training.checkpointer import Checkpointer
 
 SIZE = 64
 LABEL_NC = 7  # as the demo
@@ -54,8 +54,8 @@ def write_checkpoint(workdir: pathlib.Path, config, with_encoder=True, seed=0) -
   g = build_generator(config)
   z = jax.ShapeDtypeStruct((1, g.z_dim), f32) if config.model.use_vae else None
   state = {"step": np.zeros((), np.int32),
-           "g": _random(jax.eval_shape(g.init, key, jax.ShapeDtypeStruct((1, SIZE, SIZE, semantic_nc(config.data)),
-                                                                          f32), z), rng)}
+           "g": _random(jax.eval_shape(g.init, key, jax.ShapeDtypeStruct(
+               (1, SIZE, SIZE, semantic_channels(config.data)), f32), z), rng)}
   if config.model.use_vae and with_encoder:
     e = build_encoder(config)
     state["e"] = _random(jax.eval_shape(e.init, key, jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), f32)), rng)

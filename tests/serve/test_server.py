@@ -1,10 +1,14 @@
 """The painter's JSON API against a real server on a free loopback port (tiny random-weight VAE checkpoint)."""
 import base64
+import collections
 import http.client
 import io
 import json
 import logging
+import selectors
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -14,6 +18,7 @@ from PIL import Image
 
 import spade_jax
 from spade_jax import inference
+from spade_jax.errors import UserError
 from spade_jax.serve import __main__ as serve_main
 from spade_jax.serve.server import PainterServer, default_label_map, is_loopback
 from tests.serve.conftest import SIZE, tiny_config, write_checkpoint
@@ -54,6 +59,7 @@ def test_info_and_static_page(server):
   status, info = request(server, "/api/info")
   assert status == 200
   assert info["image_size"] == [SIZE, SIZE] and info["use_vae"] and info["has_encoder"] and info["step"] == 5
+  assert (info["threads"], info["queue_size"], info["max_inflight_mb"]) == (16, 64, 32.0)  # the defaults
   assert [c["name"] for c in info["classes"]] == [f"class_{i}" for i in range(7)]
   assert info["classes"][0]["color"] == "#" + "".join(f"{int(v):02x}" for v in server.model.palette[0])
   ids = np.frombuffer(base64.b64decode(info["default_labels"]["ids"]), np.uint8)
@@ -240,11 +246,38 @@ def test_non_vae_instance_edge_model_and_vae_without_encoder(tmp_path, recwarn):
     assert s == 400 and "has no encoder" in err["error"]
 
 
-def test_command_line_start_up_errors_and_host_warning(tmp_path, caplog):
-  with pytest.raises(SystemExit, match="error: no checkpoint at .*missing"):
-    serve_main.main([f"--checkpoint={tmp_path / 'missing'}"])
-  with pytest.raises(SystemExit):
+def _cli_error(capsys, argv) -> str:
+  """Runs the CLI, which must end with exit status 2 and one `error: ...` line on stderr; -> that line."""
+  with pytest.raises(SystemExit) as exit_info:
+    serve_main.main(argv)
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2, err
+  assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+  return err
+
+
+def test_command_line_start_up_errors_and_host_warning(tmp_path, capsys, vae_checkpoint):
+  assert "no checkpoint at" in _cli_error(capsys, [f"--checkpoint={tmp_path / 'missing'}"])
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "readme.txt").write_text("not a checkpoint")
+  err = _cli_error(capsys, [f"--checkpoint={tmp_path / 'notes'}"])
+  assert "holds no checkpoint" in err and "expected a workdir" in err
+  assert "--threads=0 must be an integer" in _cli_error(capsys, ["--checkpoint=x", "--threads=0"])
+  assert "--port: invalid int value: 'abc'" in _cli_error(capsys, ["--checkpoint=x", "--port=abc"])
+  assert "required: --checkpoint" in _cli_error(capsys, [])
+  err = _cli_error(capsys, ["--checkpoint=x", "--max_inflight_mb=1", "--queue_size=-1", "--request_timeout_s=nan"])
+  assert "--max_inflight_mb=1 is below --max_upload_mb=8" in err and "--queue_size=-1" in err, err
+  assert "--request_timeout_s=nan" in err
+  with socket.socket() as busy:  # the address is in use: one line naming it, after the checkpoint loaded
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    err = _cli_error(capsys, [f"--checkpoint={vae_checkpoint}", f"--port={port}"])
+  assert f"cannot listen on --host=127.0.0.1 --port={port}: Address already in use" in err and "--port=0" in err
+  with pytest.raises(UserError, match="--batch_size=0 must be an integer >= 1"):
     serve_main.parse_args(["--checkpoint=x", "--batch_size=0"])
+  with pytest.raises(UserError, match="--threads=0"):
+    PainterServer(None, port=0, threads=0)  # the library checks the same limits, before anything else
   assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
   assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
 
@@ -265,3 +298,184 @@ def test_demo_checkpoints_get_landscape_names_and_a_sky_over_grass_canvas():
   ids = default_label_map(names, (64, 64))
   assert (ids[:38] == 0).all() and (ids[38:] == 5).all()
   assert (default_label_map([f"class_{i}" for i in range(7)], (64, 32)) == 0).all()
+
+
+# -- limits under load ----------------------------------------------------------------------------------------------
+def _head(path: str, length: int, extra: str = "") -> bytes:
+  return (f"POST {path} HTTP/1.1\r\nHost: painter\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"
+          f"{extra}\r\n").encode()
+
+
+def _connect(srv) -> socket.socket:
+  return socket.create_connection(srv.httpd.server_address[:2], timeout=30)
+
+
+def _parse(raw: bytes):
+  """-> (status, headers, JSON body) of one raw response; status None when the connection closed without one."""
+  head, _, body = raw.partition(b"\r\n\r\n")
+  if not head:
+    return None, {}, None
+  lines = head.decode("latin-1").split("\r\n")
+  headers = dict(line.split(": ", 1) for line in lines[1:])
+  return int(lines[0].split()[1]), headers, json.loads(body) if body else None
+
+
+def _read(sock: socket.socket, until: bytes | None = None) -> bytes:
+  """What the server sends, up to its closing its side (or up to `until`)."""
+  raw = b""
+  while (until is None or until not in raw) and (chunk := sock.recv(65536)):
+    raw += chunk
+  return raw
+
+
+def _answers(socks, count: int, skip=(), timeout: float = 30.0) -> dict:
+  """Reads the sockets' answers (each up to the server closing its side) as they come, until `count` have come;
+  -> {socket index: (seconds after the call, status, headers, body)}; a reset is status 'reset'."""
+  sel, bufs, done, t0 = selectors.DefaultSelector(), {}, {}, time.monotonic()
+  for i, s in enumerate(socks):
+    if i not in skip:
+      s.setblocking(False)
+      sel.register(s, selectors.EVENT_READ, i)
+      bufs[i] = b""
+  while len(done) < count and time.monotonic() - t0 < timeout:
+    for key, _ in sel.select(0.1):
+      i, s = key.data, key.fileobj
+      try:
+        chunk = s.recv(65536)
+      except BlockingIOError:
+        continue
+      except ConnectionResetError:
+        done[i] = (time.monotonic() - t0, "reset", {}, None)
+      else:
+        if chunk:
+          bufs[i] += chunk
+          continue
+        done[i] = (time.monotonic() - t0, *_parse(bufs[i]))
+      sel.unregister(s)
+  sel.close()
+  return done
+
+
+def test_stalled_clients_hold_only_the_thread_pool_get_408_and_no_traceback(server, caplog, capfd):
+  body = json.dumps({"image": png(labels())}).encode()
+  stalls = [b"POST /api/lab",                              # mid request line
+            _head("/api/labels", len(body))[:-12],         # mid headers
+            _head("/api/labels", len(body)) + body[:10]]    # mid body
+  before = threading.active_count()
+  with caplog.at_level(logging.INFO, logger="spade_jax.serve"), \
+       PainterServer(server.model, port=0, threads=2, queue_size=1, request_timeout_s=1.0) as srv:
+    srv.start()
+    socks = []
+    for i in range(20):  # 2 run, 1 waits, 17 are refused at once
+      s = _connect(srv)
+      s.sendall(stalls[min(i, 2)])
+      socks.append(s)
+    refused = _answers(socks, 17)
+    threads_while_stalled = threading.active_count() - before
+    timed_out = _answers(socks, 3, skip=refused)
+    # the refusals came at once (before any stalled request timed out), all from the accept loop, with Retry-After
+    assert sorted(refused) == list(range(3, 20)) and sorted(timed_out) == [0, 1, 2], (refused, timed_out)
+    assert all(a[1] == 503 and a[2]["Retry-After"] == "2" and "--threads" in a[3]["error"] for a in refused.values())
+    assert max(a[0] for a in refused.values()) < 1.0
+    # the server, its 2 workers, the closer and the batcher: no thread per connection
+    assert threads_while_stalled <= 5 and srv.httpd.peak_busy == 2, threads_while_stalled
+    assert [timed_out[i][1] for i in range(3)] == [408, 408, 408], timed_out
+    assert "middle of the request line" in timed_out[0][3]["error"]
+    assert "middle of the request headers" in timed_out[1][3]["error"]
+    assert f"middle of the request body (10 of {len(body)} bytes received)" in timed_out[2][3]["error"]
+    assert timed_out[2][0] > 1.5  # it waited in the queue for a thread, then had its own 1 s
+    assert srv.httpd.stats["timeouts"] == 3 and srv.httpd.stats["rejected"] == 17
+    assert request(srv, "/api/labels", {"image": png(labels())})[0] == 200  # and it goes on serving
+    for s in socks:
+      s.close()
+  assert threading.active_count() <= before  # close() stopped them all
+  warnings = [r for r in caplog.records if r.name == "spade_jax.serve" and r.levelno >= logging.WARNING]
+  assert sum("answered 408" in r.getMessage() for r in warnings) == 3, [r.getMessage() for r in warnings]
+  assert sum("refused a connection" in r.getMessage() for r in warnings) == 1  # the rest counted into the next
+  assert not [r for r in warnings if r.exc_info or r.levelno >= logging.ERROR]
+  assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_burst_of_50_simultaneous_uploads_is_answered_without_resets(server):
+  body = json.dumps({"image": png(labels()), "pad": "x" * 65536}).encode()  # a body makes a full backlog reset
+  gate, outcomes = threading.Barrier(50), []
+
+  def one():
+    try:
+      gate.wait(timeout=30)
+      conn = http.client.HTTPConnection(*server.httpd.server_address[:2], timeout=60)
+      conn.request("POST", "/api/labels", body, {"Content-Type": "application/json"})
+      r = conn.getresponse()
+      r.read()
+      conn.close()
+      outcomes.append(r.status)
+    except Exception as e:  # noqa: BLE001
+      outcomes.append(repr(e))
+
+  threads = [threading.Thread(target=one) for _ in range(50)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=120)
+  assert outcomes == [200] * 50, collections.Counter(outcomes)
+  assert server.httpd.request_queue_size == 128 and server.httpd.peak_busy <= server.httpd.threads == 16
+
+
+def test_request_bodies_in_flight_stay_under_the_budget(server):
+  def upload(n: int) -> bytes:
+    head = json.dumps({"image": png(labels()), "pad": ""}).encode()
+    return head[:-2] + b"x" * (n - len(head)) + head[-2:]
+
+  big, other, small = upload(700_000), upload(600_000), upload(200_000)
+  with PainterServer(server.model, port=0, max_upload_mb=1, max_inflight_mb=1, budget_wait_s=0) as srv:
+    srv.start()
+    holder = _connect(srv)  # holds 700 kB of the 1 MB budget while it sends its body slowly
+    holder.sendall(_head("/api/labels", len(big)) + big[:1000])
+    for _ in range(300):
+      if srv.inflight.used:
+        break
+      time.sleep(0.01)
+    assert srv.inflight.used == len(big)
+    # 600 kB more would pass the budget: refused at once (budget_wait_s=0), unread, with the limit named
+    t = time.monotonic()
+    conn = _connect(srv)
+    conn.sendall(_head("/api/labels", len(other)))
+    status, headers, err = _parse(_read(conn))
+    conn.close()
+    assert status == 503 and headers["Retry-After"] == "2" and time.monotonic() - t < 5
+    assert "over" not in err["error"] and "limit of 1 MB in flight (--max_inflight_mb)" in err["error"], err
+    assert request(srv, "/api/labels", raw=small)[0] == 200  # 200 kB more fits
+    # with waiting allowed, the 600 kB request waits for the holder to finish, then runs
+    srv.budget_wait_s = 30
+    waited = {}
+    waiter = threading.Thread(target=lambda: waited.update(r=request(srv, "/api/labels", raw=other)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and srv.inflight.used == len(big)
+    holder.sendall(big[1000:])
+    holder.shutdown(socket.SHUT_WR)  # no next request: the server closes its side after the answer
+    assert _parse(_read(holder))[0] == 200
+    waiter.join(timeout=60)
+    holder.close()
+    assert waited["r"][0] == 200, waited
+    for _ in range(300):  # given back once the response is out
+      if not srv.inflight.used:
+        break
+      time.sleep(0.01)
+    assert srv.inflight.peak <= srv.inflight.limit == 2**20 and srv.inflight.used == 0
+    assert srv.httpd.stats["over_budget"] == 1
+
+
+def test_a_body_over_the_limit_is_refused_before_100_continue(server):
+  with _connect(server) as conn:
+    conn.sendall(_head("/api/synthesize", 3 * 2**20, "Expect: 100-continue\r\n"))
+    status, _, err = _parse(_read(conn))
+  assert status == 413 and "over the server's limit of 1 MB" in err["error"]
+  with _connect(server) as conn:  # within the limit: "100 Continue", then the answer
+    body = json.dumps({"image": png(labels())}).encode()
+    conn.sendall(_head("/api/labels", len(body), "Expect: 100-continue\r\n"))
+    assert _read(conn, until=b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.sendall(body)
+    conn.shutdown(socket.SHUT_WR)
+    raw = _read(conn)
+  assert _parse(raw)[0] == 200

@@ -1,6 +1,7 @@
 """One whole training iteration equals the official trainer's, step for step, in PyTorch on the same weights.
 
-The torch side is the official iteration written out on the reference modules (tests/torch_reference.py): G step
+The torch side is the official iteration written out on the reference modules
+(spade_jax/testing/torch_reference.py): G step
 (E encodes, G synthesises, D on [fake; real] in one call, hinge + feature matching + VGG + KLD, backward, update
 G and E), then D step (E and G again in train mode without gradients, D on [fake; real] detached, hinge, backward,
 update D). Both sides use SGD so that the parameter change *is* the gradient (one Adam step from a fresh state is
@@ -17,10 +18,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from spade_jax.testing import torch_reference as ref
+from spade_jax.testing.parity import nchw, state_dict_np, variables_from
 from spade_jax.training.step import StepSpec, g_trainable, train_step
 from spade_jax.weights.vgg19 import vgg19_params
-from tests import torch_reference as ref
-from tests.parity import nchw, state_dict_np, variables_from
 from tests.training.tiny import random_batch, tiny_config
 
 LR = 0.5

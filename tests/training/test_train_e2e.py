@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import configs.demo
-from spade_jax.training import checkpoint as ckpt_lib
+from spade_jax import checkpoints
+from spade_jax.errors import UserError
+from spade_jax.training import checkpointer as ckpt_lib
 from spade_jax.training import loop
 from spade_jax.training import state as state_lib
 from spade_jax.training.writer import read_metrics
@@ -42,8 +44,8 @@ def _env():
 
 
 def _state(workdir, step=None):
-  return ckpt_lib.restore_subtrees(ckpt_lib.checkpoint_dir(workdir), keys=("step", "g", "d", "e", "opt_g", "opt_d"),
-                                   step=step)
+  return checkpoints.restore_subtrees(checkpoints.checkpoint_dir(workdir),
+                                      keys=("step", "g", "d", "e", "opt_g", "opt_d"), step=step)
 
 
 def _assert_trees_identical(a, b):
@@ -118,14 +120,14 @@ def test_sigterm_saves_nan_stops_and_8_device_checkpoint_resumes_on_1(tmp_path, 
     return metrics
   _wrap_step(monkeypatch, sigterm_at_3)
   loop.train_and_evaluate(_config(data, steps=10, every=100), str(work))
-  assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(work)).all_steps() == [3]
+  assert ckpt_lib.Checkpointer(checkpoints.checkpoint_dir(work)).all_steps() == [3]
 
   # A NaN loss at step 5 (the 2nd call after resuming at 3): stop, name the step and the last good checkpoint (4).
   _wrap_step(monkeypatch, lambda n, m: {**m, "G_total": jnp.nan} if n == 2 else m)
   with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5: \{'G_total': nan\}.*step 4 in"):
     loop.train_and_evaluate(_config(data, steps=10, every=1), str(work))
-  assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(work)).all_steps() == [3, 4]
-  assert ckpt_lib.read_config_dir(ckpt_lib.checkpoint_dir(work))["train"]["batch_size"] == 8
+  assert ckpt_lib.Checkpointer(checkpoints.checkpoint_dir(work)).all_steps() == [3, 4]
+  assert checkpoints.read_config_dir(checkpoints.checkpoint_dir(work))["train"]["batch_size"] == 8
 
   # The 8-device checkpoint resumes in a 1-device process and trains on.
   out = subprocess.run(_train_cmd(work, _overrides(data, 6)), env=_env(), capture_output=True, text=True,
@@ -139,7 +141,7 @@ def test_missing_vgg_weights_say_how_to_disable_the_loss(tmp_path):
   config = configs.demo.get_config()
   config.loss.lambda_vgg = 10.0
   config.loss.vgg_weights = str(tmp_path / "nowhere.pth")
-  with pytest.raises(RuntimeError, match=r"nowhere\.pth[\s\S]*--config\.loss\.lambda_vgg=0"):
+  with pytest.raises(UserError, match=r"nowhere\.pth[\s\S]*--config\.loss\.lambda_vgg=0"):
     loop._load_vgg(config)
 
 

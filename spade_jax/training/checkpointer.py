@@ -8,12 +8,14 @@ Layout: ``{workdir}/checkpoints/{step}/{state,data_iter,config}`` (see spade_jax
 
 Multi-host: every process must call `Checkpointer.save` / `Checkpointer.restore` (they are collectives; each process
 writes its own shards and its own grain state ``process_<i>-of-<n>.json``). The single-process readers
-(`restore_subtrees`, `read_config_dir`) live in spade_jax.checkpoints and are re-exported here.
+(`restore_subtrees`, `read_config_dir`) live in spade_jax.checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import signal
 import threading
 
@@ -28,17 +30,14 @@ from spade_jax.checkpoints import (
   CONFIG,
   DATA_ITER,
   STATE,
+  CheckpointError,
   absolute,
-  checkpoint_dir,
   item_handlers,
   read_config,
-  read_config_dir,
   resolve_step,
-  restore_subtrees,
 )
 
-__all__ = ["Checkpointer", "PreemptionGuard", "is_finite_tree", "checkpoint_dir", "read_config_dir",
-           "restore_subtrees"]
+__all__ = ["Checkpointer", "PreemptionGuard", "is_finite_tree"]
 
 logger = logging.getLogger("spade_jax.training")
 
@@ -76,6 +75,7 @@ class Checkpointer:
 
   def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True):
     self.directory = absolute(directory)
+    self._pending = None  # the step of the save in flight
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save),
@@ -107,7 +107,34 @@ class Checkpointer:
       args[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
       args[CONFIG] = ocp.args.JsonSave(config)
-    self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
+    with self._writing():  # the previous async save finishes (or fails) here
+      self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
+    self._pending = step
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """A save that failed for want of disk space (RESOURCE_EXHAUSTED / ENOSPC, often only seen when the next
+    save or the final wait collects the async write) becomes a CheckpointError naming the step, the folder and
+    the intact checkpoint to resume from; the partial write is removed to give the space back."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001  (anything but a full disk is re-raised as it is)
+      text = str(e)
+      if not (isinstance(e, OSError) and e.errno == 28 or "RESOURCE_EXHAUSTED" in text
+              or "No space left" in text):
+        raise
+      step = self._pending
+      for tmp in epath.Path(self.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+      self._mngr.reload()
+      intact = [s for s in self._mngr.all_steps() if s != step]
+      free = shutil.disk_usage(self.directory).free
+      raise CheckpointError(
+          f"checkpoint {step} could not be written to {self.directory}: the disk is full ({free / 2**20:.1f} MiB "
+          f"free). Training stopped; " + (f"the newest intact checkpoint is step {max(intact)}: " if intact else
+                                          "no checkpoint was written yet: ")
+          + "free some space (or use a --workdir on a larger disk) and run the same command to resume",
+          step=step) from None
 
   def restore(self, step: int | None = None, *, abstract_state, data_iter=None):
     """Returns the state at `step` (None = latest), laid out as `abstract_state` says.
@@ -127,6 +154,23 @@ class Checkpointer:
                        self.directory, step, jax.process_count())
     return self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
 
+  def set_aside(self, step: int) -> str:
+    """Renames a damaged `step` folder to `<step>.damaged` (kept for inspection, never deleted; Orbax ignores it),
+    so that the run saves that step again. Every process calls it; process 0 renames."""
+    src = epath.Path(self._mngr.directory) / str(int(step))
+    dst = src.parent / f"{int(step)}.damaged"
+    n = 1
+    while dst.exists():
+      n += 1
+      dst = src.parent / f"{int(step)}.damaged{n}"
+    if jax.process_index() == 0:
+      src.rename(dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    self._mngr.reload()
+    return str(dst)
+
   def has_data_iter(self, step: int) -> bool:
     """Whether `step` holds this process's iterator position: grain writes one file per process
     (process_<i>-of-<n>.json), so a checkpoint written by another number of processes has none for this run."""
@@ -139,10 +183,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until the pending async save is on disk."""
-    self._mngr.wait_until_finished()
+    with self._writing():
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._mngr.close()  # waits for the pending save
+    with self._writing():
+      self._mngr.close()  # waits for the pending save
 
   def __enter__(self):
     return self

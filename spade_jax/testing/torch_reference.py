@@ -1,4 +1,5 @@
-"""PyTorch reference networks for the SPADE/GauGAN parity tests (test-only; torch is never a runtime dependency).
+"""PyTorch reference networks for the SPADE/GauGAN parity tests and benchmarks (torch: the test extra, never a
+runtime dependency).
 
 Written from a behavioural description of the official model (not from the official source).
 Module and attribute names are chosen so that ``state_dict()`` keys, their order and their shapes equal those of the

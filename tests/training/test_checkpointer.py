@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spade_jax import checkpoints as readers
-from spade_jax.training import checkpoint as ckpt
+from spade_jax.training import checkpointer as ckpt
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -143,7 +143,7 @@ _SUBPROCESS = """
 import json, sys
 import jax, numpy as np
 from spade_jax import checkpoints as readers
-from spade_jax.training import checkpoint as ckpt
+from spade_jax.training import checkpointer as ckpt
 assert jax.device_count() == 1, jax.devices()
 out = readers.restore_subtrees(sys.argv[1], keys=('g', 'e', 'opt_g'))
 leaves = jax.tree.leaves(out)

@@ -1,4 +1,4 @@
-"""Helpers shared by the torch-parity tests: torch module -> our variables, NCHW <-> NHWC, comparisons."""
+"""Helpers shared by the parity tests and the benchmarks: torch module -> our variables, NCHW <-> NHWC, comparisons."""
 import numpy as np
 
 from spade_jax.weights.official import torch_to_variables
