@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # pytest-xdist processes: the suite is mostly XLA compilation, one core each (each simulates 8 JAX devices, ~3 GB)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test setup-aot lint test test-fast demo clean
+.PHONY: setup setup-test setup-aot lint test test-fast test-bench demo clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@py=$$(scripts/find_python.sh) && [ -x $(PY) ] || $$py -m venv $(VENV)
@@ -39,6 +39,9 @@ test: setup-test                 ## the whole suite, as CI runs it
 
 test-fast: setup-test            ## skip the slow end-to-end tests
 	$(PY) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+
+test-bench: setup-test           ## run every bench/ script once on a tiny config (45 s; not in `make test`)
+	SPADE_JAX_BENCH_SMOKE=1 $(PY) -m pytest tests/bench -q $(PYTEST_ARGS)
 
 demo: setup                      ## generate the demo data set, train on it, write sample grids
 	$(PY) train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}

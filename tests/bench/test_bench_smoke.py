@@ -8,6 +8,9 @@ profile_step.py needs xprof (not a test dependency) and is skipped where it is n
 the suite can spend (about 15 s each on two cores) and wait for SPADE_JAX_BENCH_SMOKE_FULL=1: torch_compare.py's
 per-component table (bench/components.py; without it torch_compare.py runs with --no_components) and
 eval_networks.py (the FID Inception).
+
+The whole file costs about 45 s on two cores, which the CI suite's 15-minute budget does not have left: it runs with
+SPADE_JAX_BENCH_SMOKE=1 (`make test-bench`), and skips otherwise.
 """
 import concurrent.futures
 import importlib.util
@@ -21,7 +24,9 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.environ.get("SPADE_JAX_BENCH_SMOKE"),
+                                 reason="the benchmark smoke runs (45 s): SPADE_JAX_BENCH_SMOKE=1 (make test-bench)")]
 
 FULL = bool(os.environ.get("SPADE_JAX_BENCH_SMOKE_FULL"))
 
