@@ -81,6 +81,8 @@ def defaults() -> ml_collections.ConfigDict:
   l.lambda_feat = 10.0      # 0 disables feature matching (official --no_ganFeat_loss)
   l.lambda_vgg = 10.0       # 0 disables the VGG loss (official --no_vgg_loss); required when no VGG weights exist
   l.lambda_kld = 0.05
+  l.vae_warmup_steps = 0    # > 0 (not official): the KLD weight and the posterior noise rise linearly from 0 over
+                            # these steps, so that G learns to read the style code before it is noisy (the demo)
   l.vgg_input_norm = "official"  # official: [-1, 1] as is | imagenet: mean/std normalised (imaginaire)
   l.vgg_weights = ""        # path to vgg19-dcbb9e9d.pth; '' = the download cache
 
@@ -106,7 +108,7 @@ def defaults() -> ml_collections.ConfigDict:
   t.ema_decay = 0.0         # > 0: keep an EMA of G (+ E) weights for eval and synthesis (imaginaire: 0.9999)
   t.ema_start = 1000        # steps before which the EMA copies the weights (imaginaire: 1000)
 
-  c.eval = e = ml_collections.ConfigDict()  # periodic evaluation during training (eval.py has the same options)
+  c.eval = e = ml_collections.ConfigDict()  # evaluation: eval.py's options and periodic evaluation in training
   e.every_steps = 0         # > 0: FID and segmentation scores every N steps and at the end, on the training mesh;
                             # -1: at the end only; 0: never (eval.py evaluates any checkpoint)
   e.num_images = 0          # validation images per evaluation (0 = the whole split)
@@ -116,6 +118,9 @@ def defaults() -> ml_collections.ConfigDict:
   e.segmenter = "auto"      # auto (the data set's network) | none
   e.segmenter_weights = ""  # DRN .pth (Cityscapes, required); 'enc.pth,dec.pth' (ADE20K); DeepLab .pth (COCO)
   e.demo_segmenter_steps = 0  # 0 = default
+  e.grid_size = 8           # samples in grid.png (label | synthesis | real)
+  e.fid_cache = ""          # folder of cached real-image FID statistics ('' = <weights cache>/fid_stats)
+  e.use_ema = True          # the EMA generator weights when the run keeps them (train.ema_decay > 0)
 
   c.parallel = p = ml_collections.ConfigDict()
   p.num_data = -1           # devices on the data axis (-1 = all devices of all hosts)
@@ -316,11 +321,11 @@ _AT_LEAST = {  # key: smallest allowed value
     "data.label_nc": 1, "data.load_size": 1, "data.crop_size": 1, "data.workers": 0, "data.prefetch": 1,
     "data.max_dataset_size": 0, "data.demo_num_train": 1, "data.demo_num_val": 2,
     "model.ngf": 1, "model.spade_kernel": 1, "model.ndf": 1, "model.num_D": 1, "model.n_layers_D": 1,
-    "loss.lambda_feat": 0, "loss.lambda_vgg": 0, "loss.lambda_kld": 0,
+    "loss.lambda_feat": 0, "loss.lambda_vgg": 0, "loss.lambda_kld": 0, "loss.vae_warmup_steps": 0,
     "train.batch_size": 1, "train.niter": 0, "train.niter_decay": 0, "train.num_steps": 0, "train.log_every": 1,
     "train.sample_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 1, "train.grad_accum": 1,
     "train.ema_start": 0, "eval.every_steps": -1, "eval.num_images": 0, "eval.batch_size": 1,
-    "eval.demo_segmenter_steps": 0,
+    "eval.demo_segmenter_steps": 0, "eval.grid_size": 1,
 }
 
 

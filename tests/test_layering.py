@@ -16,7 +16,7 @@ LAYERS = (
     ("base", ("spade_jax.errors", "spade_jax.launch", "spade_jax.parallel", "spade_jax.platforms",
               "spade_jax.semantics", "spade_jax.progress", "spade_jax.config")),
     ("data", ("spade_jax.data",)),
-    ("images", ("spade_jax.colormap", "spade_jax.images")),
+    ("images", ("spade_jax.colormap", "spade_jax.images", "spade_jax.writer")),
     ("models", ("spade_jax.models",)),
     ("weights", ("spade_jax.weights",)),
     ("losses", ("spade_jax.losses",)),
@@ -32,9 +32,10 @@ LAYERS = (
 )
 
 # Inference, evaluation and training sit side by side on what is below them: the only ways between them are the
-# loop's periodic evaluation, and the notebook API's users (the package's lazy `load`, the synthesis CLI).
+# loop's periodic evaluation, and the notebook API's users (the package's lazy `load`, the synthesis CLI, and the
+# evaluation of a checkpoint).
 ONLY_IMPORTERS = {"spade_jax.evaluation": {"spade_jax.training.loop"},
-                  "spade_jax.inference": {"spade_jax", "spade_jax.synthesize"}}
+                  "spade_jax.inference": {"spade_jax", "spade_jax.synthesize", "spade_jax.evaluation.run"}}
 
 
 def layer_of(module: str) -> int:
@@ -122,14 +123,14 @@ def test_the_check_sees_an_upward_import(tmp_path):
   (root / "models" / "gen.py").write_text(
       "from . import other\n\ndef f():\n  from spade_jax.training.step import x  # noqa: PLC0415\n  return x\n")
   (root / "models" / "other.py").write_text("")
-  (root / "evaluation" / "runner.py").write_text("from ..training import step\n")
+  (root / "evaluation" / "protocol.py").write_text("from ..training import step\n")
   found = violations(root)
   assert len(found) == 3, found
-  assert found[0].startswith("spade_jax/evaluation/runner.py:1: spade_jax.evaluation.runner (evaluation) imports "
+  assert found[0].startswith("spade_jax/evaluation/protocol.py:1: spade_jax.evaluation.protocol (evaluation) imports "
                              "spade_jax.training.step (training), a layer above")
   assert found[1].startswith("spade_jax/models/gen.py:4: spade_jax.models.gen (models) imports spade_jax.training.step")
   assert found[2] == ("spade_jax/training/loop.py:1: spade_jax.training.loop imports spade_jax.inference; only "
-                      "['spade_jax', 'spade_jax.synthesize'] may")
+                      "['spade_jax', 'spade_jax.evaluation.run', 'spade_jax.synthesize'] may")
 
 
 def test_a_module_outside_the_layers_is_an_error():

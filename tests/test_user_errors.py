@@ -172,7 +172,7 @@ def cases(tmp_path_factory):
            ("data.label_nc=7", "data.label_nc=35", "leave out --config")),
       Case("eval: a damaged newest checkpoint", [evaluate, f"--workdir={damaged}", "--nofid"],
            ("checkpoint 2 in", "incomplete or corrupt", "step 1", "--checkpoint=1")),
-      Case("eval: offline, without the Inception weights", [evaluate, f"--workdir={run}"],
+      Case("eval: offline, without the Inception weights", [evaluate, f"--workdir={run}", "--fid"],
            ("pt_inception", "SPADE_JAX_CACHE")),
       Case("eval: an empty workdir", [evaluate, f"--workdir={tmp / 'empty'}"], ("holds no checkpoint",)),
       Case("convert: a file that is not a checkpoint", ["-m", "spade_jax.convert", f"--generator={tmp / 'G.pth'}",

@@ -13,6 +13,7 @@ from clu import parameter_overview
 
 from spade_jax import checkpoints, parallel, platforms
 from spade_jax import config as spade_config
+from spade_jax import writer as writer_lib
 from spade_jax.data import make_dataset, steps_per_epoch
 from spade_jax.errors import UserError
 from spade_jax.images import colorize_labels, sample_grid, to_uint8
@@ -20,7 +21,6 @@ from spade_jax.models import count_params
 from spade_jax.networks import Networks, synthesis_variables
 from spade_jax.progress import Progress
 from spade_jax.training import checkpointer as ckpt_lib
-from spade_jax.training import writer as writer_lib
 from spade_jax.training.lock import WorkdirLock
 from spade_jax.training.state import create_train_state
 from spade_jax.training.step import g_trainable
@@ -80,9 +80,10 @@ def _restore_newest_intact(ckpt, config, setup, train_iter, train_data):
     try:
       with checkpoints.reading(ckpt.directory, step, advice=""):
         saved = spade_config.from_dict(ckpt.read_config(step))  # an older run's config, completed from the schema
-        mismatch = spade_config.state_mismatch(saved, config, ckpt.directory.parent)
-        if mismatch:
-          raise UserError(mismatch)
+      mismatch = spade_config.state_mismatch(saved, config, ckpt.directory.parent)
+      if mismatch:  # the user's mistake, not damage: nothing is set aside
+        raise UserError(mismatch)
+      with checkpoints.reading(ckpt.directory, step, advice=""):
         same_processes = ckpt.has_data_iter(step)
         state = ckpt.restore(step, abstract_state=setup.target(), data_iter=train_iter if same_processes else None)
     except checkpoints.CheckpointError as e:
@@ -265,25 +266,19 @@ def _samples(nets: Networks, state, batch):
 
 def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
   """Periodic evaluation (config.eval.every_steps > 0; -1: at the end only) with the live state on the training
-  mesh: synthesis is jitted with the state where it lives and the batch split over the data axis; the scores
-  follow eval.py's protocol (spade_jax.evaluation.runner). Reports go to workdir/eval/step_<N>/, scalars to the
-  run's metrics. An error during an evaluation is logged and turns evaluation off for the rest of the run; training
-  goes on."""
-  e = config.eval
-  if e.every_steps == 0:
+  mesh: synthesis is jitted with the state where it lives and the batch split over the data axis; scoring and
+  writing are eval.py's (spade_jax.evaluation.run). Reports go to workdir/eval/step_<N>/, scalars to the run's
+  metrics. An error during an evaluation is logged and turns evaluation off for the rest of the run; training goes
+  on."""
+  if config.eval.every_steps == 0:
     return None
-  from spade_jax.evaluation import runner
-  n = mesh.devices.size
-  bs = -(-int(e.batch_size) // n) * n
-  with parallel.main_process_first("evaluator"):  # process 0 trains / downloads and caches, the others load
-    evaluator = runner.Evaluator(
-        config, nets.image_size, inception_weights=e.inception_weights or None, fid=e.fid, segmenter=e.segmenter,
-        segmenter_weights=e.segmenter_weights, num_images=e.num_images, batch_size=bs,
-        demo_segmenter_steps=e.demo_segmenter_steps or None, log=lambda m: logging.info("%s", m))
+  from spade_jax.evaluation import protocol, run
+  evaluation = run.Evaluation(config, nets.image_size, devices=mesh.devices.size)
+  use_ema = bool(config.eval.use_ema)
 
   def images(state, batch, first):
-    g_vars, e_vars = synthesis_variables(state)
-    z = runner.eval_latents(first, batch["label"].shape[0], nets.G.z_dim) if nets.E is not None else None
+    g_vars, e_vars = synthesis_variables(state if use_ema else {k: v for k, v in state.items() if k != "ema"})
+    z = protocol.eval_latents(first, batch["label"].shape[0], nets.G.z_dim) if nets.E is not None else None
     if "image" in batch:  # the demo's style scores: z = the encoder's mean of each style image
       z = nets.encode(e_vars, batch["image"])[0]
     return nets.synthesize(g_vars, batch, z)
@@ -291,7 +286,6 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
   synth = jax.jit(images, out_shardings=parallel.replicated(mesh),
                   compiler_options=platforms.compiler_options(platforms.platform_of(mesh)))
   disabled = []
-  style_history = []  # the demo's style scores of every evaluation so far: the report shows them over training
 
   def evaluate(state, step, writer):
     if disabled:
@@ -308,27 +302,10 @@ def _make_evaluator(config, nets: Networks, mesh, workdir: Path):
 
     try:
       with jax.set_mesh(mesh):
-        report, grid = evaluator(synthesize, step)
+        evaluation(synthesize, step, workdir / "eval" / f"step_{step}", writer)
     except Exception:
       logging.exception("evaluation at step %d failed; evaluation is off for the rest of this run", step)
       disabled.append(step)
-      return time.time() - t0
-    if report.get("style"):
-      style_history.append({"step": int(step), "accuracy": report["style"]["accuracy"],
-                            "random_code_shares": report["style"]["random_code_shares"]})
-      report["style"]["over_training"] = list(style_history)
-      logging.info("style accuracy over training (random-code shares %s): %s",
-                   "/".join(report["style"]["random_code_shares"]), ", ".join(
-                       f"step {h['step']} {h['accuracy'] or 0:.3f} ("
-                       + "/".join(f"{v or 0:.2f}" for v in h["random_code_shares"].values()) + ")"
-                       for h in style_history))
-    if jax.process_index() == 0:
-      runner.write(report, grid, workdir / "eval" / f"step_{step}")
-    scalars = runner.scalars(report)
-    writer.write_scalars(step, scalars)
-    writer.write_images(step, {"eval/grid": grid})
-    logging.info("eval at step %d (%.0fs): %s", step, time.time() - t0,
-                 ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
     return time.time() - t0
 
   return evaluate

@@ -56,7 +56,9 @@ def create_train_state(config, mesh, *, steps_per_epoch: int = 1000, optimizers=
   with jax.set_mesh(mesh):
     abstract = jax.eval_shape(init, rng)
     sharding = parallel.state_shardings(abstract, mesh, shard_params, **size)
-    state = jax.jit(init, out_shardings=sharding)(rng) if fresh else None
+    state = (jax.jit(init, out_shardings=sharding,
+                     compiler_options=platforms.init_compiler_options(platforms.platform_of(mesh)))(rng)
+             if fresh else None)
   step = make_train_step(spec, tx_g, tx_d, mesh, sharding, use_shard_map=use_shard_map)
   return state, TrainSetup(spec=spec, tx_g=tx_g, tx_d=tx_d, mesh=mesh, abstract=abstract, sharding=sharding,
                            step=step)

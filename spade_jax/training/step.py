@@ -43,6 +43,7 @@ class StepSpec:
   lambda_feat: float
   lambda_vgg: float
   lambda_kld: float
+  vae_warmup_steps: int       # 0: none (official); see config.loss.vae_warmup_steps
   grad_accum: int             # micro-batches per update
   ema_decay: float            # 0: no EMA of the generator
   ema_start: int              # steps before which the EMA just copies the weights
@@ -57,7 +58,8 @@ class StepSpec:
       raise UserError(f"config.train.ema_decay must be in [0, 1) (0 disables the EMA), got {decay}")
     nets = Networks.from_config(config, axis_name, platform)
     return cls(nets=nets, vgg=VGG19(l.vgg_input_norm, dtype=nets.dtype) if l.lambda_vgg > 0 else None,
-               lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld, grad_accum=accum,
+               lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld,
+               vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
                ema_decay=decay, ema_start=int(t.ema_start))
 
 
@@ -105,17 +107,19 @@ def _deinterleave(outputs):
   return [[f[:, 0] for f in scale] for scale in pairs], [[f[:, 1] for f in scale] for scale in pairs]
 
 
-def _noise(nets: Networks, rng, n, axis_name):
+def _noise(nets: Networks, rng, n, axis_name, scale=None):
   """The VAE's eps for this (device's part of the) batch, drawn for the whole global batch so that a per-device or
-  micro-batched step sees the same noise as the one-device step."""
+  micro-batched step sees the same noise as the one-device step; times `scale` (the VAE warm-up) when given."""
   if nets.E is None:
     return None
   shape = (n,) + (nets.G.z_dim,)
   if axis_name is None:
-    return jax.random.normal(rng, shape, jnp.float32)
-  i = jax.lax.axis_index(axis_name)
-  eps = jax.random.normal(rng, (n * jax.lax.axis_size(axis_name),) + shape[1:], jnp.float32)
-  return jax.lax.dynamic_slice_in_dim(eps, i * n, n)
+    eps = jax.random.normal(rng, shape, jnp.float32)
+  else:
+    i = jax.lax.axis_index(axis_name)
+    eps = jax.random.normal(rng, (n * jax.lax.axis_size(axis_name),) + shape[1:], jnp.float32)
+    eps = jax.lax.dynamic_slice_in_dim(eps, i * n, n)
+  return eps if scale is None else eps * scale
 
 
 def _micro(tree, k):
@@ -201,6 +205,8 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
   k = spec.grad_accum
   kld_scale = (jax.lax.axis_size(axis_name) if axis_name else 1) * k
   rng = jax.random.fold_in(rng, state["step"])
+  # VAE warm-up (0 -> 1): the KLD weight and the posterior noise rise together; None without one (official)
+  warm = jnp.minimum(1.0, state["step"] / spec.vae_warmup_steps) if spec.vae_warmup_steps > 0 else None
   rng_g, rng_d = jax.random.split(rng)
   sem, real = nets.semantics(batch), batch["image"].astype(nets.dtype or jnp.float32)
   n_local = real.shape[0]
@@ -215,6 +221,8 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
     metrics = {}
     if posterior is not None:
       metrics["G_KLD"] = losses.kld(*posterior, spec.lambda_kld) * kld_scale
+      if warm is not None:
+        metrics["G_KLD"] = metrics["G_KLD"] * warm
     metrics["G_GAN"] = losses.hinge_g(pred_fake)
     if spec.lambda_feat > 0:
       metrics["G_GAN_Feat"] = losses.feature_matching(pred_fake, pred_real, spec.lambda_feat)
@@ -223,7 +231,7 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
       metrics["G_VGG"] = losses.vgg_loss(vgg(fake), jax.lax.stop_gradient(vgg(inputs["real"])), spec.lambda_vgg)
     return sum(metrics.values()), (metrics, updates)
 
-  g_step_inputs = {"sem": sem, "real": real, "eps": _noise(nets, rng_g, n_local, axis_name)}
+  g_step_inputs = {"sem": sem, "real": real, "eps": _noise(nets, rng_g, n_local, axis_name, warm)}
   g_total, g_metrics, g_updates, g_grads = _value_and_grad(g_loss, g_trainable(state), g_step_inputs, k)
   g_grads = sync(g_grads)
   g_param_updates, opt_g = tx_g.update(g_grads, state["opt_g"], g_trainable(state))
@@ -244,7 +252,7 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
     metrics = {"D_Fake": losses.hinge_d_fake(pred_fake), "D_real": losses.hinge_d_real(pred_real)}
     return sum(metrics.values()), (metrics, updates)
 
-  d_step_inputs = {"sem": sem, "real": real, "eps": _noise(nets, rng_d, n_local, axis_name)}
+  d_step_inputs = {"sem": sem, "real": real, "eps": _noise(nets, rng_d, n_local, axis_name, warm)}
   d_total, d_metrics, d_updates, d_grads = _value_and_grad(d_loss, state["d"]["params"], d_step_inputs, k)
   d_grads = sync(d_grads)
   d_param_updates, opt_d = tx_d.update(d_grads, state["opt_d"], state["d"]["params"])

@@ -71,6 +71,9 @@ def cases(config: str) -> dict:
       "eval_networks": (["bench/eval_networks.py", "--batch=1", "--iters=1", "--skip-drn", "--skip-upernet",
                          "--skip-deeplab"], () if FULL else None,
                         [rf"^FID Inception 299x299, batch 1: {NUMBER} images/s$"]),
+      "init_compile": (["bench/init_compile.py", f"--preset={config}"], (),
+                       [rf"^XLA defaults +compile \+ run +{NUMBER} s$",
+                        rf"^init_compiler_options +compile \+ run +{NUMBER} s$", rf"^largest difference {NUMBER}$"]),
       "profile_step": (["bench/profile_step.py", f"--preset={config}", "--batch=2", "--top=3"], ("xprof",),
                        [r"^\| network \| pass \| s \|$", r"^\| SPADEGenerator \| (forward|backward) \|"]),
   }
@@ -80,7 +83,7 @@ def cases(config: str) -> dict:
 # started after it has (about 30 s in), they read them back from the cache; inference.py compiles the generator's
 # init that speed.py and torch_compare.py need later. (Out of this order they compile for themselves: slower, not
 # wrong.)
-CHAINS = [("speed", "conv_sweep", "profile_step", "eval_networks"),
+CHAINS = [("speed", "conv_sweep", "profile_step", "eval_networks", "init_compile"),
           ("inference", "generator_parity", "blocks", "torch_compare")]
 TIMEOUT_S = 600
 

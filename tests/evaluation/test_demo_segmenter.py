@@ -2,6 +2,7 @@
 weights are reused (no retraining), and a corrupt or foreign cache is replaced with a warning."""
 import json
 import logging
+import pathlib
 import shutil
 
 import jax
@@ -58,7 +59,7 @@ def test_trained_segmenter_scores_real_images_far_above_chance(data_cfg, trained
 
   scores = ds.real_ceiling(seg, data_cfg)
   assert scores["num_pixels"] == NUM_VAL * SIZE * SIZE
-  untrained = ds.real_ceiling(ds.DemoSegmenter(ds._init_variables(ds.SegNet(), jax.random.PRNGKey(0))), data_cfg)
+  untrained = ds.real_ceiling(ds.DemoSegmenter(ds.network.init_variables(ds.SegNet(), jax.random.PRNGKey(0))), data_cfg)
   # chance: always predicting the most frequent training class
   _, train_labels = ds.load_split(data_cfg, "train")
   _, val_labels = ds.load_split(data_cfg, "val")
@@ -102,7 +103,7 @@ def test_second_call_loads_the_cache_without_training(data_cfg, trained, monkeyp
   def no_training(*a, **k):
     raise AssertionError("load_or_train retrained although a valid cache exists")
 
-  monkeypatch.setattr(ds, "train_demo_segmenter", no_training)
+  monkeypatch.setattr(ds.training, "train_demo_segmenter", no_training)
   lines = []
   seg2, info2 = ds.load_or_train(data_cfg, cache, steps=STEPS, log=lines.append)
   assert info2["loaded"] and info2["train_seconds"] is None and info2["cache_warning"] is None
@@ -117,7 +118,7 @@ def test_second_call_loads_the_cache_without_training(data_cfg, trained, monkeyp
 def test_default_cache_path_is_next_to_the_data(data_cfg):
   fp = ds.data_fingerprint(data_cfg, steps=STEPS, batch_size=ds.DEFAULT_BATCH_SIZE, seed=0)
   path = ds.default_cache_path(data_cfg, fp)
-  assert path.parent == ds.Path(data_cfg.root) / "segmenter" and path.suffix == ".msgpack"
+  assert path.parent == pathlib.Path(data_cfg.root) / "segmenter" and path.suffix == ".msgpack"
   assert ds.default_cache_path(data_cfg, dict(fp, steps=STEPS + 1)) != path  # keyed by the settings too
 
 
@@ -158,7 +159,7 @@ def test_cache_of_another_data_set_is_not_used(tiny, tmp_path):
   assert "another data set" in info["cache_warning"] and "root" in info["cache_warning"]
   assert any("WARNING" in m for m in lines)
   meta = json.loads((tmp_path / "seg.msgpack.json").read_text())
-  assert meta["fingerprint"]["root"] == str(ds.Path(other.root).absolute())  # replaced by the retrained one
+  assert meta["fingerprint"]["root"] == str(pathlib.Path(other.root).absolute())  # replaced by the retrained one
 
 
 def test_non_demo_data_sets_are_rejected(data_cfg, tmp_path):

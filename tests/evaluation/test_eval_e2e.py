@@ -31,18 +31,19 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
   ov = {"data.root": tmp_path / "data", "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 8,
         "data.demo_num_val": 5, "model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2, "train.batch_size": 8,
         "train.num_steps": 1,
-        "train.checkpoint_every": 1, "train.sample_every": 1000, "eval.every_steps": 0}
+        "train.checkpoint_every": 1, "train.sample_every": 1000, "eval.every_steps": 0, "eval.num_images": 4,
+        "eval.batch_size": 2}
   subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'demo.py'}",
                   f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in ov.items()],
                  env=_env(tmp_path), check=True, capture_output=True, timeout=600)
   r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path / 'run'}",
-                      f"--inception_weights={weights}", "--batch_size=2", "--demo_segmenter_steps=30"],
+                      f"--inception_weights={weights}", "--fid", "--demo_segmenter_steps=30"],  # the rest: the run's
                      env=_env(tmp_path), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "ETA" in r.stderr and "eval: FID" in r.stderr
+  assert "ETA" in r.stderr and "eval at step 1" in r.stderr and "FID " in r.stderr
   out = tmp_path / "run" / "eval" / "step_1"
   report = json.loads((out / "report.json").read_text())
-  assert report["data"]["num_images"] == 5 and report["data"]["resolution"] == [32, 32]
+  assert report["data"]["num_images"] == 4 and report["data"]["resolution"] == [32, 32]
   assert np.isfinite(report["fid"]) and report["fid"] > 0
   assert report["fid_protocol"]["meaningful"] and not report["fid_protocol"]["real_stats_from_cache"]
   seg = report["segmentation"]  # the demo segmenter, trained on the real demo images, with its real-image ceiling
@@ -51,15 +52,16 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
   assert 0 <= seg["miou"] <= 1 and 0 < seg["real_images"]["pixel_accuracy"] <= 1
   assert report["checkpoint"]["weights"] == "live"
   from PIL import Image
-  assert Image.open(out / "grid.png").size == (3 * 32 + 2 * 2, 5 * 32 + 4 * 2)  # label | fake | real, 5 rows
+  assert Image.open(out / "grid.png").size == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2)  # label | fake | real, 4 rows
   assert any(f.name.startswith("events.out.tfevents") for f in (out / "logs" / "tb").iterdir())
   assert json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[0])["eval/fid"] == report["fid"]
   cache = report["fid_protocol"]["real_stats_cache"]
   assert cache.startswith(str(tmp_path / "cache")) and os.path.isfile(cache)
 
-  # second run: the real statistics come from the cache; the FID is unchanged
+  # second run: the real statistics come from the cache; the FID is unchanged (the same batch size as the run's
+  # config: the Inception's program comes from the compilation cache)
   r2 = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path / 'run'}",
-                       f"--inception_weights={weights}", "--batch_size=5", f"--out={tmp_path / 'again'}",
+                       f"--inception_weights={weights}", "--fid", "--batch_size=2", f"--out={tmp_path / 'again'}",
                        "--segmenter=none"],
                       env=_env(tmp_path), capture_output=True, text=True, timeout=600)
   assert r2.returncode == 0, r2.stderr[-3000:]

@@ -5,7 +5,7 @@ import pytest
 
 from configs import demo as demo_config
 from spade_jax.data import demo
-from spade_jax.evaluation import runner, style
+from spade_jax.evaluation import protocol, style
 
 SIZE, NUM_TRAIN, NUM_VAL = 32, 48, 9
 
@@ -76,7 +76,7 @@ def _stand_in(wrong: bool):
 
 
 def test_evaluator_report_has_style_fields(config):
-  ev = runner.Evaluator(config, (SIZE, SIZE), fid=False, segmenter="none", batch_size=4, style_rounds=3)
+  ev = protocol.Evaluator(config, (SIZE, SIZE), fid=False, segmenter="none", batch_size=4, style_rounds=3)
   report, _ = ev(_stand_in(wrong=False), step=5)
   s = report["style"]
   assert s["accuracy"] == 1.0 and s["num_images"] == NUM_VAL
@@ -85,7 +85,7 @@ def test_evaluator_report_has_style_fields(config):
   assert s["random_code_shares"] == pytest.approx({"day": 1 / 3, "sunset": 1 / 3, "night": 1 / 3})
   assert set(s["per_style_accuracy"]) == set(demo.STYLES) and "nearest centroid" in s["protocol"]
   assert set(s["mean_sky_rgb"]["real"]) == set(demo.STYLES)
-  sc = runner.scalars(report)
+  sc = protocol.scalars(report)
   assert sc["eval/style_accuracy"] == 1.0 and sc["eval/style_accuracy_real"] == 1.0
   assert {"eval/style_share_day", "eval/style_share_sunset", "eval/style_share_night"} <= set(sc)
 
@@ -96,7 +96,7 @@ def test_evaluator_report_has_style_fields(config):
 def test_no_style_scores_without_vae_or_record(config, tmp_path):
   c = config.copy_and_resolve_references()
   c.model.use_vae = False
-  report, _ = runner.Evaluator(c, (SIZE, SIZE), fid=False, segmenter="none", batch_size=4)(
+  report, _ = protocol.Evaluator(c, (SIZE, SIZE), fid=False, segmenter="none", batch_size=4)(
       lambda labels, instances, first: np.zeros(labels.shape + (3,), np.uint8))
   assert "style" not in report and "use_vae=False" in report["style_skipped"]
 
@@ -104,5 +104,5 @@ def test_no_style_scores_without_vae_or_record(config, tmp_path):
   (root / "val" / style.STYLES_FILE).unlink()                # a data set without the style record
   c = config.copy_and_resolve_references()
   c.data.root = str(root)
-  report, _ = runner.Evaluator(c, (SIZE, SIZE), fid=False, segmenter="none", batch_size=2)(_stand_in(False))
+  report, _ = protocol.Evaluator(c, (SIZE, SIZE), fid=False, segmenter="none", batch_size=2)(_stand_in(False))
   assert "style" not in report and style.STYLES_FILE in report["style_skipped"]

@@ -20,7 +20,7 @@ import pytest
 
 from spade_jax import checkpoints
 from spade_jax.training import checkpointer as ckpt_lib
-from spade_jax.training.writer import read_metrics
+from spade_jax.writer import read_metrics
 from tests.conftest import REPO
 from tests.training.test_train_e2e import _env as _train_env
 from tests.training.test_train_e2e import _overrides as _train_overrides

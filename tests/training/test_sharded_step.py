@@ -10,12 +10,15 @@ from spade_jax.training.state import create_train_state
 from tests.training.tiny import random_batch, tiny_config
 
 
-def _run(config, ndev, use_shard_map, txs, steps=1, shard_params=False):
+def _run(config, ndev, use_shard_map, txs, steps=1, shard_params=False, state0=None):
+  """`state0`: start from this (host) state, put where this setup keeps it (one compiled init for all runs)."""
   mesh = parallel.make_mesh(ndev)
   state, setup = create_train_state(config, mesh, optimizers=txs, use_shard_map=use_shard_map,
-                                    shard_params=shard_params, min_size=512)
+                                    shard_params=shard_params, min_size=512, fresh=state0 is None)
   step = setup.step
   with jax.set_mesh(mesh):
+    if state0 is not None:
+      state = jax.device_put(state0, setup.sharding)
     metrics = []
     for i in range(steps):
       state, m = step(state, parallel.global_batch(random_batch(config, seed=i), mesh), None, jax.random.key(1))
@@ -30,7 +33,8 @@ def runs():
   turns rounding noise into +-lr in any implementation. The losses of a first step do not depend on the optimiser."""
   config = tiny_config(use_vae=True)
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)
-  return {name: _run(config, ndev, sm, (sgd, sgd), shard_params=fsdp) for name, ndev, sm, fsdp in [
+  state0 = jax.device_get(create_train_state(config, parallel.make_mesh(1), optimizers=(sgd, sgd))[0])
+  return {name: _run(config, ndev, sm, (sgd, sgd), shard_params=fsdp, state0=state0) for name, ndev, sm, fsdp in [
       ("one", 1, False, False), ("jit8", 8, False, False), ("shard_map8", 8, True, False),
       ("jit8_sharded_params", 8, False, True)]}
 

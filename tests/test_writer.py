@@ -15,9 +15,9 @@ from PIL import Image
 
 from spade_jax.images import image_grid, sample_grid, to_uint8
 from spade_jax.progress import Progress
-from spade_jax.training.writer import MetricWriter, read_metrics
+from spade_jax.writer import MetricWriter, read_metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _strict_json(line):
@@ -95,7 +95,7 @@ def test_no_tensorflow_import(tmp_path):
       import sys
       sys.modules["tensorflow"] = None   # any `import tensorflow` now raises ImportError
       import numpy as np
-      from spade_jax.training.writer import MetricWriter
+      from spade_jax.writer import MetricWriter
       with MetricWriter({str(tmp_path)!r}) as w:
         w.write_scalars(1, {{"a": 1.0}})
         w.write_images(1, {{"x": np.zeros((4, 4, 3), np.uint8)}})

@@ -1,4 +1,4 @@
-"""Metric writer for training runs (and eval.py), without TensorFlow.
+"""Metric writer for training runs and evaluations, without TensorFlow.
 
 clu.metric_writers imports TensorFlow (docs/jax_stack.md §6), so we write the two formats ourselves:
   * `metrics.jsonl`: one JSON object per `write_scalars` call; easy to read in a notebook (`read_metrics`);
