@@ -40,7 +40,7 @@ test: setup-test                 ## the whole suite, as CI runs it
 test-fast: setup-test            ## skip the slow end-to-end tests
 	$(PY) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
-test-bench: setup-test           ## run every bench/ script once on a tiny config (45 s; not in `make test`)
+test-bench: setup-test           ## run every bench/ script once on a tiny config (75 s; not in `make test`)
 	SPADE_JAX_BENCH_SMOKE=1 $(PY) -m pytest tests/bench -q $(PYTEST_ARGS)
 
 demo: setup                      ## generate the demo data set, train on it, write sample grids
