@@ -84,8 +84,9 @@ def compiler_options(platform: str | None = None) -> dict | None:
 
 
 # XLA:CPU's optimising compile of a program of many random initialisers (each parameter's own draw) is slow and buys
-# nothing for a program run once: the demo's init compiled in 78 s with XLA's defaults and 18 s with these, on a busy
-# 2-core CPU (the values agree to 1e-7; the same options everywhere keep the initialisation the same in every run).
+# nothing for a program run once: the demo's init compiled in 48.6 s with XLA's defaults and 15.2 s with these on a
+# quiet 2-core CPU (`python bench/init_compile.py`; the values agree to 9e-8, and the same options everywhere keep the
+# initialisation the same in every run).
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 

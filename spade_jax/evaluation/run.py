@@ -125,25 +125,19 @@ def evaluate_checkpoint(workdir, *, step: int | None = None, config=None, overri
   from spade_jax.errors import UserError
   from spade_jax.writer import MetricWriter
 
+  ckdir, ckstep = checkpoints.resolve_checkpoint(workdir, step)
+  saved = spade_config.from_dict(checkpoints.read_config_dir(ckdir, ckstep))
   if config is not None:  # checked against the checkpoint's own config before any weights are read
     spade_config.validate(config)
-    ckdir, ckstep = checkpoints.resolve_checkpoint(workdir, step)
-    saved = spade_config.from_dict(checkpoints.read_config_dir(ckdir, ckstep))
     mismatch = spade_config.state_mismatch(saved, config, ckdir.parent, keys=spade_config.SYNTHESIS_KEYS,
                                            remedy="or leave out --config (the checkpoint's own config is used)")
     if mismatch:
       raise UserError(mismatch)
-    use_ema = bool(config.eval.use_ema)
-  else:
-    ckdir, ckstep = checkpoints.resolve_checkpoint(workdir, step)
-    use_ema = bool(spade_config.from_dict(checkpoints.read_config_dir(ckdir, ckstep)).eval.use_ema)
-  if overrides and "eval.use_ema" in overrides:
-    use_ema = spade_config.as_bool(overrides["eval.use_ema"], "eval.use_ema")
-  syn = inference.load(workdir, step, use_ema=use_ema)
-  config = spade_config.from_dict((config if config is not None else syn.config).to_dict())  # a copy
+  config = spade_config.from_dict((config if config is not None else saved).to_dict())  # a copy
   for key, value in (overrides or {}).items():
     spade_config.put(config, key, value)
   spade_config.validate(config)
+  syn = inference.load(workdir, step, use_ema=bool(config.eval.use_ema))
   out = pathlib.Path(out or pathlib.Path(workdir) / "eval" / f"step_{syn.step}")
   evaluation = Evaluation(config, syn.image_size)
   ev = evaluation.evaluator
