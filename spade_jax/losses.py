@@ -50,7 +50,20 @@ def vgg_loss(fake_feats, real_feats, lambda_vgg: float = LAMBDA_VGG, weights=VGG
   return loss * lambda_vgg
 
 
-def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD):
-  """-0.5 * sum(1 + logvar - mu^2 - exp(logvar)), summed over batch and latent dims as the official code does."""
+def colour_loss(fake, real, lambda_colour: float, cell: int):
+  """L1 between the mean colours of `cell` x `cell` cells of fake and (stop-gradient) real images (not official):
+  a direct signal for a photo's colours (the demo's styles), which leaves texture and detail to the GAN."""
+  pool = lambda x: jax.lax.reduce_window(_f32(x), 0.0, jax.lax.add, (1, cell, cell, 1), (1, cell, cell, 1), "VALID")
+  return jnp.mean(jnp.abs(pool(fake) - jax.lax.stop_gradient(pool(real)))) / (cell * cell) * lambda_colour
+
+
+def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD, free_nats: float = 0.0):
+  """-0.5 * sum(1 + logvar - mu^2 - exp(logvar)), summed over batch and latent dims as the official code does.
+
+  `free_nats` > 0 (not official; "free bits", Kingma et al. 2016): only each image's KL above it costs, so the
+  prior cannot pull the codes of different styles together once they carry that much information."""
   mu, logvar = _f32(mu), _f32(logvar)
-  return -0.5 * jnp.sum(1 + logvar - jnp.square(mu) - jnp.exp(logvar)) * lambda_kld
+  per_dim = -0.5 * (1 + logvar - jnp.square(mu) - jnp.exp(logvar))
+  if free_nats > 0:
+    return jnp.sum(jnp.maximum(per_dim.reshape(per_dim.shape[0], -1).sum(1) - free_nats, 0.0)) * lambda_kld
+  return jnp.sum(per_dim) * lambda_kld

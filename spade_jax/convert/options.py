@@ -90,7 +90,7 @@ def resolve_options(g_info, d_info=None, e_info=None, *, preset=None, opt=None, 
 
   # -- discriminator / encoder
   if d_info is not None:
-    for key in ("model.num_D", "model.n_layers_D", "model.ndf", "model.spectral_D"):
+    for key in ("model.num_D", "model.n_layers_D", "model.ndf", "model.spectral_D", "model.discriminator_norm"):
       _from_weights(opts, key, d_info[key], "discriminator")
     if d_info["input_nc"] != g_info["semantic_nc"] + 3:
       raise ConversionError(

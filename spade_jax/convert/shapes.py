@@ -83,8 +83,9 @@ def infer_discriminator(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
     raise ConversionError(f"{what}: expected groups model0..model<n>, found {groups}")
   w0 = _require(sd, "discriminator_0.model0.0.weight", what)
   spectral = any(k.endswith("weight_orig") for k in sd)
+  norm = "none" if "discriminator_0.model1.0.bias" in sd else "instance"  # norm_D 'spectral': convs keep a bias
   return {"model.num_D": len(scales), "model.n_layers_D": len(groups) - 1, "model.ndf": int(w0[0]),
-          "input_nc": int(w0[1]), "model.spectral_D": spectral}
+          "input_nc": int(w0[1]), "model.spectral_D": spectral, "model.discriminator_norm": norm}
 
 
 def infer_encoder(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -15,9 +15,14 @@ class NLayerDiscriminator(nn.Module):
   ndf: int = 64
   n_layers: int = 4
   spectral: bool = True
+  norm: str = "instance"  # official norm_D's sub-norm: 'instance' ('spectralinstance', convs without bias) or
+                          # 'none' ('spectral': convs with bias; the features keep the image's global colour)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.norm not in ("instance", "none"):
+      raise ValueError(f"discriminator norm must be 'instance' or 'none' (official norm_D 'spectralinstance' or "
+                       f"'spectral'), got {self.norm!r}")
     feats = []
     x = leaky_relu(Conv2d(self.ndf, KW, 2, PADW, name="model0")(x))  # x: an array or a tuple of channel parts
     feats.append(x)
@@ -25,8 +30,8 @@ class NLayerDiscriminator(nn.Module):
     for n in range(1, self.n_layers):
       nf = min(nf * 2, 512)
       stride = 1 if n == self.n_layers - 1 else 2
-      x = Conv2d(nf, KW, stride, PADW, use_bias=False, spectral=self.spectral, name=f"model{n}")(x, train)
-      x = leaky_relu(instance_norm(x))
+      x = Conv2d(nf, KW, stride, PADW, use_bias=self.norm == "none", spectral=self.spectral, name=f"model{n}")(x, train)
+      x = leaky_relu(instance_norm(x) if self.norm == "instance" else x)
       feats.append(x)
     feats.append(Conv2d(1, KW, 1, PADW, name=f"model{self.n_layers}")(x))
     return feats
@@ -44,6 +49,7 @@ class MultiscaleDiscriminator(nn.Module):
   ndf: int = 64
   n_layers: int = 4
   spectral: bool = True
+  norm: str = "instance"
   dtype: Any = None
   remat: bool = False
 
@@ -59,7 +65,7 @@ class MultiscaleDiscriminator(nn.Module):
     scale = nn.remat(NLayerDiscriminator, static_argnums=(2,)) if self.remat else NLayerDiscriminator
     outputs = []
     for i in range(self.num_D):
-      outputs.append(scale(self.ndf, self.n_layers, self.spectral, name=f"discriminator_{i}")(parts, train))
+      outputs.append(scale(self.ndf, self.n_layers, self.spectral, self.norm, name=f"discriminator_{i}")(parts, train))
       if i + 1 < self.num_D:
         parts = tuple(avg_pool_3x3_s2(p) for p in parts)
     return outputs

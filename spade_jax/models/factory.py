@@ -45,7 +45,7 @@ def build_generator(config, axis_name: str | None = None, platform: str | None =
 def build_discriminator(config) -> MultiscaleDiscriminator:
   m = config.model
   return MultiscaleDiscriminator(num_D=m.num_D, ndf=m.ndf, n_layers=m.n_layers_D, spectral=m.spectral_D,
-                                 dtype=compute_dtype(m), remat=bool(m.remat_D))
+                                 norm=m.discriminator_norm, dtype=compute_dtype(m), remat=bool(m.remat_D))
 
 
 def build_encoder(config) -> ConvEncoder:

@@ -214,7 +214,8 @@ class SPADEGenerator(nn.Module):
 class NLayerDiscriminator(nn.Module):
   """PatchGAN with groups model0..model{n_layers_D}; forward returns every group's output (last = logits)."""
 
-  def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 4, spectral: bool = True):
+  def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 4, spectral: bool = True,
+               norm: str = "instance"):
     super().__init__()
     self.n_layers_D = n_layers_D
     kw = 4
@@ -225,8 +226,9 @@ class NLayerDiscriminator(nn.Module):
       nf_prev = nf
       nf = min(nf * 2, 512)
       stride = 1 if n == n_layers_D - 1 else 2
-      conv = _maybe_sn(nn.Conv2d(nf_prev, nf, kw, stride=stride, padding=padw, bias=False), spectral)
-      normed = nn.Sequential(conv, nn.InstanceNorm2d(nf, affine=False))
+      # norm_D 'spectralinstance': Sequential(conv without bias, IN); 'spectral': the conv alone, with its bias
+      conv = _maybe_sn(nn.Conv2d(nf_prev, nf, kw, stride=stride, padding=padw, bias=norm == "none"), spectral)
+      normed = nn.Sequential(conv, nn.InstanceNorm2d(nf, affine=False)) if norm == "instance" else conv
       groups.append([normed, nn.LeakyReLU(LRELU_SLOPE)])
     groups.append([nn.Conv2d(nf, 1, kw, stride=1, padding=padw)])
     for n, g in enumerate(groups):
@@ -243,11 +245,12 @@ class NLayerDiscriminator(nn.Module):
 class MultiscaleDiscriminator(nn.Module):
   """num_D NLayerDiscriminators on successively avg-pooled inputs; returns a list (per scale) of feature lists."""
 
-  def __init__(self, input_nc: int, num_D: int = 2, ndf: int = 64, n_layers_D: int = 4, spectral: bool = True):
+  def __init__(self, input_nc: int, num_D: int = 2, ndf: int = 64, n_layers_D: int = 4, spectral: bool = True,
+               norm: str = "instance"):
     super().__init__()
     self.num_D = num_D
     for i in range(num_D):
-      self.add_module(f"discriminator_{i}", NLayerDiscriminator(input_nc, ndf, n_layers_D, spectral))
+      self.add_module(f"discriminator_{i}", NLayerDiscriminator(input_nc, ndf, n_layers_D, spectral, norm))
 
   @staticmethod
   def downsample(x: torch.Tensor) -> torch.Tensor:

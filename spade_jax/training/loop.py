@@ -27,6 +27,7 @@ from spade_jax.training.step import g_trainable
 from spade_jax.weights import official
 
 NUM_SAMPLES = 4  # samples per grid
+PERCEPTUAL_SEGMENTER_SEED = 1  # loss.perceptual_net=demo_segmenter (the evaluation's segmenter: seed 0)
 
 
 def _total_steps(config, spe: int) -> int:
@@ -36,8 +37,19 @@ def _total_steps(config, spe: int) -> int:
 
 
 def _load_vgg(config):
+  """The perceptual network's params (None without the loss): VGG19's pretrained weights, or a demo segmenter
+  trained now on the real demo images (cached like the evaluation's; seed 1 where the evaluation's is seed 0, so
+  the generator is never trained against the network that scores it)."""
   if config.loss.lambda_vgg <= 0:
     return None
+  if config.loss.perceptual_net == "demo_segmenter":
+    from spade_jax.evaluation import demo_segmenter
+    steps = config.eval.demo_segmenter_steps or demo_segmenter.DEFAULT_STEPS  # both demo segmenters alike
+    try:
+      seg, _ = demo_segmenter.load_or_train(config.data, steps=steps, seed=PERCEPTUAL_SEGMENTER_SEED)
+    except ValueError as e:  # not demo data
+      raise UserError(f"config.loss.perceptual_net=demo_segmenter trains on the demo's data only: {e}") from None
+    return seg.variables["params"]
   from spade_jax.weights.vgg19 import load_vgg19
   try:
     return load_vgg19(config.loss.vgg_weights or None)

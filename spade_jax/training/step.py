@@ -30,6 +30,7 @@ from spade_jax import losses, parallel, platforms
 from spade_jax.errors import UserError
 from spade_jax.models import VGG19, reparameterize
 from spade_jax.models.layers import at_least_float32
+from spade_jax.models.segnet import SegNet
 from spade_jax.networks import Networks
 from spade_jax.parallel import DATA
 
@@ -39,10 +40,13 @@ class StepSpec:
   """Everything static about the train step (hashable: closed over by jit): the networks, the loss weights (with
   the VGG network of the perceptual loss), gradient accumulation and the generator EMA."""
   nets: Networks
-  vgg: nn.Module | None       # None: no VGG loss
+  vgg: nn.Module | None       # the perceptual loss's network (VGG19 or a demo SegNet); None: no perceptual loss
   lambda_feat: float
   lambda_vgg: float
   lambda_kld: float
+  lambda_colour: float        # 0: none (official); see config.loss.lambda_colour
+  colour_cell: int
+  kld_free_nats: float        # 0: official; see config.loss.kld_free_nats
   vae_warmup_steps: int       # 0: none (official); see config.loss.vae_warmup_steps
   grad_accum: int             # micro-batches per update
   ema_decay: float            # 0: no EMA of the generator
@@ -57,10 +61,22 @@ class StepSpec:
     if not 0.0 <= decay < 1.0:
       raise UserError(f"config.train.ema_decay must be in [0, 1) (0 disables the EMA), got {decay}")
     nets = Networks.from_config(config, axis_name, platform)
-    return cls(nets=nets, vgg=VGG19(l.vgg_input_norm, dtype=nets.dtype) if l.lambda_vgg > 0 else None,
+    return cls(nets=nets, vgg=perceptual_net(config, nets.dtype),
                lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld,
-               vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
+               lambda_colour=float(l.lambda_colour), colour_cell=int(l.colour_cell),
+               kld_free_nats=float(l.kld_free_nats), vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
                ema_decay=decay, ema_start=int(t.ema_start))
+
+
+def perceptual_net(config, dtype=None) -> nn.Module | None:
+  """The perceptual loss's network for config.loss (None when lambda_vgg is 0): VGG19 (official; its layers
+  relu1_1 .. relu5_1 weighted 1/32 .. 1) or a demo SegNet's encoder (its 1/2, 1/4, 1/8 features, weighted 1 each)."""
+  l = config.loss
+  if l.lambda_vgg <= 0:
+    return None
+  if l.perceptual_net == "demo_segmenter":
+    return SegNet(features=True)
+  return VGG19(l.vgg_input_norm, dtype=dtype)
 
 
 def init_state(spec: StepSpec, tx_g, tx_d, rng) -> dict:
@@ -220,15 +236,19 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
     fake, posterior, pred_fake, pred_real, updates = _forward(nets, variables, inputs, "g")
     metrics = {}
     if posterior is not None:
-      metrics["G_KLD"] = losses.kld(*posterior, spec.lambda_kld) * kld_scale
+      metrics["G_KLD"] = losses.kld(*posterior, spec.lambda_kld, spec.kld_free_nats) * kld_scale
       if warm is not None:
         metrics["G_KLD"] = metrics["G_KLD"] * warm
     metrics["G_GAN"] = losses.hinge_g(pred_fake)
     if spec.lambda_feat > 0:
       metrics["G_GAN_Feat"] = losses.feature_matching(pred_fake, pred_real, spec.lambda_feat)
-    if spec.vgg is not None:  # VGG features of the real image are constants
+    if spec.vgg is not None:  # the perceptual features of the real image are constants
       vgg = lambda x: spec.vgg.apply({"params": vgg_params}, x)
-      metrics["G_VGG"] = losses.vgg_loss(vgg(fake), jax.lax.stop_gradient(vgg(inputs["real"])), spec.lambda_vgg)
+      weights = (1.0, 1.0, 1.0) if isinstance(spec.vgg, SegNet) else losses.VGG_WEIGHTS
+      metrics["G_VGG"] = losses.vgg_loss(vgg(fake), jax.lax.stop_gradient(vgg(inputs["real"])), spec.lambda_vgg,
+                                         weights)
+    if spec.lambda_colour > 0:
+      metrics["G_colour"] = losses.colour_loss(fake, inputs["real"], spec.lambda_colour, spec.colour_cell)
     return sum(metrics.values()), (metrics, updates)
 
   g_step_inputs = {"sem": sem, "real": real, "eps": _noise(nets, rng_g, n_local, axis_name, warm)}

@@ -197,14 +197,14 @@ _BUFFER_NAMES = {("batch_stats", "mean"): "running_mean", ("batch_stats", "var")
                  ("spectral", "u"): "weight_u", ("spectral", "v"): "weight_v"}
 
 
-def _torch_module(path: list[str], network: str, last_group: int) -> str:
+def _torch_module(path: list[str], network: str, last_group: int, biased: set) -> str:
   """Our module path -> the official module prefix (nn.Sequential indices put back)."""
   if network == "G":
     return ".".join(p + ".0" if p == "mlp_shared" else p for p in path)
-  if network == "D":  # discriminator_i.model0.0 / model{1..n-1}.0.0 (conv inside Sequential(conv, IN)) / model{n}.0
-    *head, group = path
+  if network == "D":  # discriminator_i.model0.0 / model{1..n-1}.0.0 (conv inside Sequential(conv, IN); norm_D
+    *head, group = path  # 'spectral': the conv alone, with its bias, model{1..n-1}.0) / model{n}.0
     n = int(group[len("model"):])
-    return ".".join(head + [group, "0" if n in (0, last_group) else "0.0"])
+    return ".".join(head + [group, "0" if n in (0, last_group) or tuple(path) in biased else "0.0"])
   if network == "E":
     return ".".join(p + ".0" if p.startswith("layer") else p for p in path)
   raise ConversionError(f"no official key table for network {network!r}")
@@ -220,10 +220,11 @@ def expected_state_dict(variables: Mapping, network: str) -> dict[str, tuple]:
   groups = [int(p[len("model"):]) for k in flat for p in k.split("/") if p.startswith("model") and p[5:].isdigit()]
   last_group = max(groups, default=-1)
   sn_modules = {tuple(k.split("/")[1:-1]) for k in flat if k.startswith("spectral/")}
+  biased = {tuple(k.split("/")[1:-1]) for k in flat if k.startswith("params/") and k.endswith("/bias")}
   out = {}
   for name, shape in flat.items():
     collection, *path, leaf = name.split("/")
-    prefix = _torch_module(path, network, last_group)
+    prefix = _torch_module(path, network, last_group, biased)
     if collection == "params" and leaf == "kernel":
       tleaf = "weight_orig" if tuple(path) in sn_modules else "weight"
       tshape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(reversed(shape))

@@ -59,7 +59,7 @@ def test_trained_segmenter_scores_real_images_far_above_chance(data_cfg, trained
 
   scores = ds.real_ceiling(seg, data_cfg)
   assert scores["num_pixels"] == NUM_VAL * SIZE * SIZE
-  untrained = ds.real_ceiling(ds.DemoSegmenter(ds.network.init_variables(ds.SegNet(), jax.random.PRNGKey(0))), data_cfg)
+  untrained = ds.real_ceiling(ds.DemoSegmenter(ds.init_variables(ds.SegNet(), jax.random.PRNGKey(0))), data_cfg)
   # chance: always predicting the most frequent training class
   _, train_labels = ds.load_split(data_cfg, "train")
   _, val_labels = ds.load_split(data_cfg, "val")

@@ -86,10 +86,13 @@ def test_generator_parity_through_checkpoint(case, tmp_path):
     assert max(np.abs(mu - t_mu.numpy()).max(), np.abs(logvar - t_logvar.numpy()).max()) <= TOL
 
 
-def test_discriminator_parity_through_checkpoint(tmp_path):
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_discriminator_parity_through_checkpoint(norm, tmp_path):
+  """norm_D 'spectralinstance' or 'spectral' (convs with bias, no norm): the converter reads which from the
+  weights."""
   s = 7
   t = util.torch_generator(s, 4, "normal", 32, steps=1)
-  d = util.torch_discriminator(s + 3, ndf=8)
+  d = util.torch_discriminator(s + 3, ndf=8, norm=norm)
   convert.main([f"--generator={util.save(t, tmp_path / 'G.pth')}",
                 f"--discriminator={util.save(d, tmp_path / 'D.pth')}",
                 "--preset=custom", "--crop_size=32", "--out", str(tmp_path / "run")])
@@ -97,6 +100,7 @@ def test_discriminator_parity_through_checkpoint(tmp_path):
   assert sorted(trees) == ["d", "g"]
   import ml_collections
   config = ml_collections.ConfigDict(read_config_dir(tmp_path / "run" / "checkpoints"))
+  assert config.model.discriminator_norm == norm
   x = np.random.default_rng(1).normal(size=(2, 64, 64, s + 3)).astype(np.float32)
   ours = jax.jit(build_discriminator(config).apply)(trees["d"], x)
   with torch.no_grad():

@@ -54,9 +54,9 @@ def torch_generator(semantic_nc, ngf, mode, crop, aspect=1.0, use_vae=False, nor
   return g.eval()
 
 
-def torch_discriminator(input_nc, ndf=8, seed=0, size=64, steps=2):
+def torch_discriminator(input_nc, ndf=8, seed=0, size=64, steps=2, norm="instance"):
   torch.manual_seed(seed)
-  d = ref.MultiscaleDiscriminator(input_nc, ndf=ndf)
+  d = ref.MultiscaleDiscriminator(input_nc, ndf=ndf, norm=norm)
   ref.train_steps_(d, torch.randn(2, input_nc, size, size), n=steps)
   return d.eval()
 

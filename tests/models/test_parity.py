@@ -153,13 +153,14 @@ def _generator_parity(mode, crop, aspect, use_vae, train, dtype, tol, torch_dtyp
     assert_state_equal(t, new, "G", **kw)
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_discriminator_all_features(train):
+@pytest.mark.parametrize("train,norm", [(True, "instance"), (False, "instance")])
+def test_discriminator_all_features(train, norm):
+  """norm 'none' (official norm_D 'spectral') is compared with torch through the converter (test_convert.py)."""
   rng = np.random.default_rng(4)
-  t = ref.MultiscaleDiscriminator(9, num_D=2, ndf=8)
+  t = ref.MultiscaleDiscriminator(9, num_D=2, ndf=8, norm=norm)
   x = rng.normal(size=(2, 40, 48, 9)).astype(np.float32)
   ref.train_steps_(t, nchw(x))
-  ours, theirs, new = run_both(t, MultiscaleDiscriminator(2, 8), "D", [x], train)
+  ours, theirs, new = run_both(t, MultiscaleDiscriminator(2, 8, norm=norm), "D", [x], train)
   assert len(ours) == 2 and all(len(s) == 5 for s in ours)
   for i, (os_, ts) in enumerate(zip(ours, theirs)):
     for j, (o, th) in enumerate(zip(os_, ts)):

@@ -31,11 +31,11 @@ is ignored with a warning and replaced.
     pred = seg.segment(images_uint8_nhwc)            # int32 (N, H, W) class ids
     ceiling = real_ceiling(seg, config.data)          # {'miou', 'pixel_accuracy', ...} on real val images
 
-Where its parts are: `network` (SegNet), `data` (the checks, the decoded split, the cache fingerprint), `segmenter`
-(DemoSegmenter: segment, save, load), `training` (train_demo_segmenter, load_or_train, real_ceiling, PROTOCOL).
+Where its parts are: `spade_jax.models.segnet` (SegNet, its init), `data` (the checks, the decoded split, the cache
+fingerprint), `segmenter` (DemoSegmenter: segment, save, load), `training` (train_demo_segmenter, load_or_train,
+real_ceiling, PROTOCOL).
 """
 from spade_jax.evaluation.demo_segmenter.data import check_demo_data, data_fingerprint, load_split
-from spade_jax.evaluation.demo_segmenter.network import ARCH_VERSION, CLASS_NAMES, NUM_CLASSES, SegNet
 from spade_jax.evaluation.demo_segmenter.segmenter import DemoSegmenter
 from spade_jax.evaluation.demo_segmenter.training import (
                                                           DEFAULT_BATCH_SIZE,
@@ -46,7 +46,8 @@ from spade_jax.evaluation.demo_segmenter.training import (
                                                           real_ceiling,
                                                           train_demo_segmenter,
 )
+from spade_jax.models.segnet import ARCH_VERSION, CLASS_NAMES, NUM_CLASSES, SegNet, init_variables
 
 __all__ = ["SegNet", "DemoSegmenter", "train_demo_segmenter", "load_or_train", "real_ceiling", "load_split",
            "check_demo_data", "data_fingerprint", "default_cache_path", "PROTOCOL", "ARCH_VERSION",
-           "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "NUM_CLASSES", "CLASS_NAMES"]
+           "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "NUM_CLASSES", "CLASS_NAMES", "init_variables"]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from spade_jax.data import demo as demo_data
-from spade_jax.evaluation.demo_segmenter.network import ARCH_VERSION, CLASS_NAMES, NUM_CLASSES
+from spade_jax.models.segnet import ARCH_VERSION, CLASS_NAMES, NUM_CLASSES
 
 
 def root_of(data_cfg) -> str:

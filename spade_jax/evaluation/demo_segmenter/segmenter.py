@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spade_jax.evaluation.demo_segmenter.network import (
+from spade_jax.models import count_params
+from spade_jax.models.segnet import (
   ARCH_VERSION,
   CLASS_NAMES,
   NUM_CLASSES,
   SegNet,
   variables_template,
 )
-from spade_jax.models import count_params
 
 _SEGMENT_CHUNK = 64  # images per jitted segmentation call (smaller ones are padded to a power of two)
 

@@ -21,9 +21,9 @@ from spade_jax.evaluation.demo_segmenter.data import (
   load_split,
   root_of,
 )
-from spade_jax.evaluation.demo_segmenter.network import ARCH_VERSION, NUM_CLASSES, SegNet, init_variables
 from spade_jax.evaluation.demo_segmenter.segmenter import DemoSegmenter, meta_path
 from spade_jax.evaluation.metrics import ConfusionMatrix
+from spade_jax.models.segnet import ARCH_VERSION, NUM_CLASSES, SegNet, init_variables
 
 DEFAULT_STEPS = 800
 DEFAULT_BATCH_SIZE = 8

@@ -1,4 +1,6 @@
-"""The demo segmenter's network (`SegNet`, a compact U-Net) and its initialisation."""
+"""The demo segmenter's network (`SegNet`, a compact U-Net) and its initialisation. The evaluation scores the demo's
+syntheses with one (spade_jax.evaluation.demo_segmenter); a second one, trained with another seed, can stand in for
+VGG19 as the perceptual loss's network where no pretrained weights exist (config.loss.perceptual_net)."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -38,11 +40,16 @@ class SegNet(nn.Module):
   num_classes: int = NUM_CLASSES
   widths: tuple[int, ...] = (32, 48, 64)
   decoder: tuple[int, ...] = (32, 24)
+  features: bool = False  # True: images in [-1, 1] (a generator's output) -> the encoder's features at 1/2, 1/4
+                          # and 1/8 (the last with the global context): the perceptual loss's layers
 
   @nn.compact
   def __call__(self, images):
     x = jnp.asarray(images)
-    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+    if self.features:
+      x = (x.astype(jnp.float32) + 1.0) / 2.0
+    else:
+      x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
     n, h, w, _ = x.shape
     rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, h, dtype=jnp.float32)[None, :, None, None], (n, h, w, 1))
     x = jnp.concatenate([x * 2.0 - 1.0, rows], -1)
@@ -59,6 +66,8 @@ class SegNet(nn.Module):
     e3 = jnp.concatenate([e3, jnp.broadcast_to(g[:, None, None, :], e3.shape)], -1)
     e3 = nn.Conv(w3, (1, 1), use_bias=False, name="fuse_conv")(e3)
     e3 = nn.relu(nn.GroupNorm(num_groups=8, name="fuse_gn")(e3))
+    if self.features:
+      return [e1, e2, e3]
     d2 = _conv_block(jnp.concatenate([_upsample_to(e3, e2), e2], -1), self.decoder[0], name="dec2")
     d1 = _conv_block(jnp.concatenate([_upsample_to(d2, e1), e1], -1), self.decoder[1], name="dec1")
     k = self.num_classes

@@ -1,0 +1,90 @@
+"""Options of the demo's recipe (not official, off by default): the colour loss, the KL's free nats and the demo
+segmenter as the perceptual loss's network."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spade_jax import config as spade_config
+from spade_jax import losses
+from spade_jax.errors import UserError
+from spade_jax.models import VGG19
+from spade_jax.models.segnet import SegNet
+from spade_jax.training.step import perceptual_net
+
+
+def _kl_per_image(mu, logvar):
+  return -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
+
+
+def test_kld_free_nats_charges_only_each_images_excess():
+  rng = np.random.default_rng(0)
+  mu = rng.normal(0, 1.5, (4, 16)).astype(np.float32)
+  mu[0] *= 0.1  # one image well below the allowance
+  logvar = rng.normal(0, 0.3, (4, 16)).astype(np.float32)
+  per_image = _kl_per_image(mu.astype(np.float64), logvar.astype(np.float64))
+  free = 6.0
+  assert per_image[0] < free < per_image[1:].min()
+  got = losses.kld(jnp.asarray(mu), jnp.asarray(logvar), 0.05, free)
+  np.testing.assert_allclose(float(got), 0.05 * np.maximum(per_image - free, 0).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(losses.kld(jnp.asarray(mu), jnp.asarray(logvar), 0.05)), 0.05 * per_image.sum(),
+                             rtol=1e-5)
+  g_mu, g_lv = jax.grad(lambda m, v: losses.kld(m, v, 0.05, free), argnums=(0, 1))(jnp.asarray(mu), jnp.asarray(logvar))
+  assert not np.asarray(g_mu[0]).any() and not np.asarray(g_lv[0]).any()  # the image under the allowance: no pull
+  np.testing.assert_allclose(np.asarray(g_mu[1:]), 0.05 * mu[1:], rtol=1e-5)  # the others: the official gradient
+
+
+def test_colour_loss_is_l1_of_cell_means_and_only_moves_the_fake():
+  rng = np.random.default_rng(0)
+  fake, real = rng.uniform(-1, 1, (2, 2, 16, 16, 3)).astype(np.float32)
+  cells = lambda x: x.reshape(2, 2, 8, 2, 8, 3).mean((2, 4))
+  want = 10.0 * np.abs(cells(fake) - cells(real)).mean()
+  np.testing.assert_allclose(float(losses.colour_loss(jnp.asarray(fake), jnp.asarray(real), 10.0, 8)), want, rtol=1e-5)
+  g_fake, g_real = jax.grad(lambda f, r: losses.colour_loss(f, r, 10.0, 8), argnums=(0, 1))(fake, real)
+  assert np.asarray(g_fake).any() and not np.asarray(g_real).any()
+  # texture inside a cell costs nothing: only the cell's mean colour counts
+  shuffled = fake.reshape(2, 2, 8, 2, 8, 3)[:, :, ::-1, :, ::-1].reshape(fake.shape)
+  assert float(losses.colour_loss(jnp.asarray(shuffled), jnp.asarray(fake), 1.0, 8)) < 1e-6
+
+
+def test_segnet_features_are_the_segmenters_encoder_on_generator_range_images():
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3), minval=-1.0, maxval=1.0)
+  variables = SegNet().init(jax.random.PRNGKey(0), (x + 1) / 2)
+  feats = SegNet(features=True).apply(variables, x)  # the same parameters, no new ones
+  assert [f.shape for f in feats] == [(2, 8, 8, 32), (2, 4, 4, 48), (2, 2, 2, 64)]
+  _, inter = SegNet().apply(variables, (x + 1) / 2, capture_intermediates=True)
+  inter = inter["intermediates"]
+  for f, name in zip(feats, ("enc1b_gn", "enc2b_gn", "fuse_gn")):
+    np.testing.assert_allclose(np.asarray(f), np.asarray(jax.nn.relu(inter[name]["__call__"][0])), atol=1e-6)
+
+
+def test_perceptual_net_from_config():
+  c = spade_config.preset("demo")
+  assert perceptual_net(c) is None  # lambda_vgg 0: no perceptual loss at all
+  c.loss.lambda_vgg = 10.0
+  c.loss.perceptual_net = "demo_segmenter"
+  net = perceptual_net(c)
+  assert isinstance(net, SegNet) and net.features
+  c.loss.perceptual_net = "vgg19"
+  assert isinstance(perceptual_net(c), VGG19)
+  c.loss.perceptual_net = "vgg16"
+  c.loss.kld_free_nats = -1.0
+  with pytest.raises(UserError, match=r"loss.perceptual_net='vgg16' \(expected one of vgg19, demo_segmenter\)"
+                                      r".*loss.kld_free_nats=-1.0 \(expected a number >= 0\)"):
+    spade_config.validate(c)
+
+
+def test_demo_segmenter_perceptual_params_train_once_and_fit_the_step(tmp_path):
+  from spade_jax.data import demo
+  from spade_jax.training import loop
+  c = spade_config.preset("demo")
+  c.data.root, c.data.crop_size, c.data.load_size = str(tmp_path / "demo"), 16, 16
+  c.loss.lambda_vgg, c.loss.perceptual_net, c.eval.demo_segmenter_steps = 10.0, "demo_segmenter", 2
+  demo.generate(c.data.root, 8, 2, size=16)
+  params = loop._load_vgg(c)
+  assert list((tmp_path / "demo" / "segmenter").glob("*.msgpack"))  # cached beside the data, like the evaluation's
+  feats = perceptual_net(c).apply({"params": params}, jnp.zeros((2, 16, 16, 3)))
+  assert [f.shape[1] for f in feats] == [8, 4, 2]
+  c.data.dataset, c.data.label_nc = "cityscapes", 35
+  with pytest.raises(UserError, match="perceptual_net=demo_segmenter trains on the demo's data only"):
+    loop._load_vgg(c)
