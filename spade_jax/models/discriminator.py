@@ -16,7 +16,7 @@ class NLayerDiscriminator(nn.Module):
   n_layers: int = 4
   spectral: bool = True
   norm: str = "instance"  # official norm_D's sub-norm: 'instance' ('spectralinstance', convs without bias) or
-                          # 'none' ('spectral': convs with bias; the features keep the image's global colour)
+                          # 'none' ('spectral': convs with bias, no normalisation)
 
   @nn.compact
   def __call__(self, x, train: bool = False):

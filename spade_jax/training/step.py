@@ -41,6 +41,7 @@ class StepSpec:
   the VGG network of the perceptual loss), gradient accumulation and the generator EMA."""
   nets: Networks
   vgg: nn.Module | None       # the perceptual loss's network (VGG19 or a demo SegNet); None: no perceptual loss
+  vgg_weights: tuple          # the weight of each of its layers in the loss
   lambda_feat: float
   lambda_vgg: float
   lambda_kld: float
@@ -61,22 +62,23 @@ class StepSpec:
     if not 0.0 <= decay < 1.0:
       raise UserError(f"config.train.ema_decay must be in [0, 1) (0 disables the EMA), got {decay}")
     nets = Networks.from_config(config, axis_name, platform)
-    return cls(nets=nets, vgg=perceptual_net(config, nets.dtype),
+    vgg, vgg_weights = perceptual_net(config, nets.dtype)
+    return cls(nets=nets, vgg=vgg, vgg_weights=vgg_weights,
                lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld,
                lambda_colour=float(l.lambda_colour), colour_cell=int(l.colour_cell),
                kld_free_nats=float(l.kld_free_nats), vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
                ema_decay=decay, ema_start=int(t.ema_start))
 
 
-def perceptual_net(config, dtype=None) -> nn.Module | None:
-  """The perceptual loss's network for config.loss (None when lambda_vgg is 0): VGG19 (official; its layers
-  relu1_1 .. relu5_1 weighted 1/32 .. 1) or a demo SegNet's encoder (its 1/2, 1/4, 1/8 features, weighted 1 each)."""
+def perceptual_net(config, dtype=None) -> tuple[nn.Module | None, tuple[float, ...]]:
+  """(network, layer weights) of the perceptual loss for config.loss ((None, ()) when lambda_vgg is 0): VGG19
+  (official; relu1_1 .. relu5_1 weighted 1/32 .. 1) or a demo SegNet's encoder (1/2, 1/4, 1/8, weighted 1 each)."""
   l = config.loss
   if l.lambda_vgg <= 0:
-    return None
+    return None, ()
   if l.perceptual_net == "demo_segmenter":
-    return SegNet(features=True)
-  return VGG19(l.vgg_input_norm, dtype=dtype)
+    return SegNet(features=True), (1.0, 1.0, 1.0)
+  return VGG19(l.vgg_input_norm, dtype=dtype), losses.VGG_WEIGHTS
 
 
 def init_state(spec: StepSpec, tx_g, tx_d, rng) -> dict:
@@ -244,9 +246,8 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
       metrics["G_GAN_Feat"] = losses.feature_matching(pred_fake, pred_real, spec.lambda_feat)
     if spec.vgg is not None:  # the perceptual features of the real image are constants
       vgg = lambda x: spec.vgg.apply({"params": vgg_params}, x)
-      weights = (1.0, 1.0, 1.0) if isinstance(spec.vgg, SegNet) else losses.VGG_WEIGHTS
       metrics["G_VGG"] = losses.vgg_loss(vgg(fake), jax.lax.stop_gradient(vgg(inputs["real"])), spec.lambda_vgg,
-                                         weights)
+                                         spec.vgg_weights)
     if spec.lambda_colour > 0:
       metrics["G_colour"] = losses.colour_loss(fake, inputs["real"], spec.lambda_colour, spec.colour_cell)
     return sum(metrics.values()), (metrics, updates)

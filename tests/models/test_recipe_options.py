@@ -60,13 +60,14 @@ def test_segnet_features_are_the_segmenters_encoder_on_generator_range_images():
 
 def test_perceptual_net_from_config():
   c = spade_config.preset("demo")
-  assert perceptual_net(c) is None  # lambda_vgg 0: no perceptual loss at all
+  assert perceptual_net(c) == (None, ())  # lambda_vgg 0: no perceptual loss at all
   c.loss.lambda_vgg = 10.0
   c.loss.perceptual_net = "demo_segmenter"
-  net = perceptual_net(c)
-  assert isinstance(net, SegNet) and net.features
+  net, weights = perceptual_net(c)
+  assert isinstance(net, SegNet) and net.features and weights == (1.0, 1.0, 1.0)
   c.loss.perceptual_net = "vgg19"
-  assert isinstance(perceptual_net(c), VGG19)
+  net, weights = perceptual_net(c)
+  assert isinstance(net, VGG19) and weights == losses.VGG_WEIGHTS
   c.loss.perceptual_net = "vgg16"
   c.loss.kld_free_nats = -1.0
   with pytest.raises(UserError, match=r"loss.perceptual_net='vgg16' \(expected one of vgg19, demo_segmenter\)"
@@ -83,7 +84,7 @@ def test_demo_segmenter_perceptual_params_train_once_and_fit_the_step(tmp_path):
   demo.generate(c.data.root, 8, 2, size=16)
   params = loop._load_vgg(c)
   assert list((tmp_path / "demo" / "segmenter").glob("*.msgpack"))  # cached beside the data, like the evaluation's
-  feats = perceptual_net(c).apply({"params": params}, jnp.zeros((2, 16, 16, 3)))
+  feats = perceptual_net(c)[0].apply({"params": params}, jnp.zeros((2, 16, 16, 3)))
   assert [f.shape[1] for f in feats] == [8, 4, 2]
   c.data.dataset, c.data.label_nc = "cityscapes", 35
   with pytest.raises(UserError, match="perceptual_net=demo_segmenter trains on the demo's data only"):
