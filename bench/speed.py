@@ -21,6 +21,7 @@ import os
 import pathlib
 import platform
 import resource
+import sys
 import time
 
 # Dense peak FLOP/s per device (vendor data sheets; bf16 without sparsity, fp32 = TF32 tensor cores on NVIDIA,
@@ -35,6 +36,14 @@ PEAK_FLOPS = {
     "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
     "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
 }
+
+
+def _flops(lowered) -> float:
+  """The program's FLOPs by XLA's cost analysis. A Lowered answers on CPU and TPU; on GPU (jax 0.11.2, measured on
+  an H200) it returns None, and only the compiled program answers."""
+  cost = lowered.cost_analysis() or lowered.compile().cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
+  return cost.get("flops", float("nan"))
 
 
 def peak_flops(device_kind: str, dtype: str):
@@ -95,6 +104,20 @@ def main(argv=None):
   from spade_jax.training.state import create_train_state
 
   mesh = parallel.make_mesh(args.devices)
+  # Model FLOPs are counted on the host's CPU backend, whatever the devices: the same number on every machine, and
+  # no compile on the device (a GPU's Lowered has no cost analysis; compiling the dense reference there doubled the
+  # compile time of every row, measured on an H200).
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  cpu_mesh = jax.make_mesh((1,), (parallel.DATA,), axis_types=(jax.sharding.AxisType.Auto,),
+                           devices=jax.devices("cpu")[:1])
+
+  def train_flops(dense_setup, shapes, with_vgg):
+    with jax.set_mesh(cpu_mesh):
+      batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "image" else jnp.int32,
+                                       sharding=parallel.batch_sharding(cpu_mesh)) for k, shape in shapes.items()}
+      vgg = jax.eval_shape(lambda: VGG19().init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
+                           ) if with_vgg else None
+      return _flops(dense_setup.step.lower(dense_setup.abstract, batch, vgg, jax.eval_shape(jax.random.key, 2)))
   dev = jax.devices()[0]
   peak = peak_flops(dev.device_kind, args.dtype)
   print(f"jax {jax.__version__}, {dev.platform} {dev.device_kind} x{mesh.devices.size}, {os.cpu_count()} CPU cores "
@@ -104,6 +127,12 @@ def main(argv=None):
   print("| preset | size | what | batch | images/s | compile s | XLA peak GiB | device peak GiB | "
         "model GFLOP/image | achieved TFLOP/s | MFU |")
   print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+
+  start = time.perf_counter()
+
+  def say(what):
+    """Progress on stderr (the GPU check logs it, and keeps stdout for the table): where a cut-off run was."""
+    print(f"[speed {time.perf_counter() - start:6.1f} s] {what}", file=sys.stderr, flush=True)
 
   def emit(preset, size, what, bs, ips, comp, xla_mem, dev_mem, fpi, fps):
     """One row as soon as it is measured (a run cut short by a time limit keeps what it finished)."""
@@ -130,8 +159,9 @@ def main(argv=None):
 
     if "train" in args.what:
       # the model-FLOPs reference needs only the step's shapes, not a state
+      say(f"{preset} train: building the state and step")
       state, setup = create_train_state(config, mesh)
-      _, dense_setup = create_train_state(dense, mesh, fresh=False)
+      _, dense_setup = create_train_state(dense, cpu_mesh, fresh=False)
       h, w = setup.spec.nets.image_size
       local = {"image": rng.uniform(-1, 1, (args.batch, h, w, 3)).astype(np.float32),
                "label": rng.integers(0, nc, (args.batch, h // 16, w // 16)).repeat(16, 1).repeat(16, 2).astype(
@@ -147,11 +177,12 @@ def main(argv=None):
           vgg = jax.jit(lambda: VGG19().init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"],
                         out_shardings=repl)()
 
-        flops = dense_setup.step.lower(dense_setup.abstract, batch, vgg, jax.random.key(2)).cost_analysis().get(
-            "flops", float("nan"))
+        flops = train_flops(dense_setup, {k: v.shape for k, v in local.items()}, setup.spec.vgg is not None)
+        say(f"{preset} train: model FLOPs counted; compiling the step")
         t = time.perf_counter()
         compiled = setup.step.lower(state, batch, vgg, jax.random.key(2)).compile()
         compile_s = time.perf_counter() - t
+        say(f"{preset} train: compiled in {compile_s:.1f} s; timing {args.steps} steps")
         box = {"s": state}
 
         def run():
@@ -174,10 +205,12 @@ def main(argv=None):
         batch["instance"] = jnp.asarray(blocks, jnp.int32)
       # what Synthesizer.synthesize runs on the device: label (+ instance) ids -> semantics -> G -> image
       generate = lambda n: jax.jit(n.synthesize, compiler_options=platforms.compiler_options())
-      flops = generate(dense_nets).lower(variables, batch, z).cost_analysis().get("flops", float("nan"))
+      on_cpu = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), tree)
+      flops = _flops(generate(dense_nets).lower(*on_cpu((variables, batch, z))))
       t = time.perf_counter()
       compiled = generate(nets).lower(variables, batch, z).compile()
       compile_s = time.perf_counter() - t
+      say(f"{preset} infer: compiled in {compile_s:.1f} s; timing {args.steps} calls")
       dt = _time(lambda: compiled(variables, batch, z), args.steps)
       emit(preset, f"{h}x{w}", "infer", bs, bs / dt, compile_s, _bytes(compiled.memory_analysis()),
                    _device_peak(dev), flops / bs, flops / dt)

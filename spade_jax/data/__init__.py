@@ -1,12 +1,17 @@
 """Input pipeline for SPADE/GauGAN: raw official layouts -> PIL-exact transforms -> grain batches.
 
 numpy + PIL + grain only; no jax/flax import (pass jax.process_index()/process_count() to `make_dataset`).
+The names below load on first use, so that `spade_jax.data.demo` (the demo's classes, which the model layer's
+demo segmenter reads) imports where grain is not installed, e.g. the GPU check's image.
 """
+import importlib
 
-from spade_jax.data.errors import DataError, skip_counter
-from spade_jax.data.pipeline import dataset_size, make_dataset, steps_per_epoch
-from spade_jax.data.sources import build_source
-from spade_jax.data.transforms import TransformOptions
+_EXPORTS = {"DataError": "errors", "skip_counter": "errors", "dataset_size": "pipeline", "make_dataset": "pipeline",
+            "steps_per_epoch": "pipeline", "build_source": "sources", "TransformOptions": "transforms"}
+__all__ = list(_EXPORTS)
 
-__all__ = ["DataError", "skip_counter", "dataset_size", "make_dataset", "steps_per_epoch", "build_source",
-           "TransformOptions"]
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
