@@ -57,6 +57,15 @@ def colour_loss(fake, real, lambda_colour: float, cell: int):
   return jnp.mean(jnp.abs(pool(fake) - jax.lax.stop_gradient(pool(real)))) / (cell * cell) * lambda_colour
 
 
+def free_nats_at(step, free_nats: float, decay: tuple = ()):
+  """The KL's free nats at `step`: `free_nats`, falling linearly to 0 between the steps decay = (start, end) when
+  given (not official). A plain float where nothing changes over training (the official 0 included)."""
+  if free_nats <= 0 or not decay:
+    return free_nats
+  start, end = decay
+  return free_nats * jnp.clip((end - step) / (end - start), 0.0, 1.0)
+
+
 def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD, free_nats: float = 0.0):
   """-0.5 * sum(1 + logvar - mu^2 - exp(logvar)), summed over batch and latent dims as the official code does.
 
@@ -64,6 +73,6 @@ def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD, free_nats: float = 0.0):
   prior cannot pull the codes of different styles together once they carry that much information."""
   mu, logvar = _f32(mu), _f32(logvar)
   per_dim = -0.5 * (1 + logvar - jnp.square(mu) - jnp.exp(logvar))
-  if free_nats > 0:
+  if not isinstance(free_nats, (int, float)) or free_nats > 0:  # a traced value: a schedule (step.py)
     return jnp.sum(jnp.maximum(per_dim.reshape(per_dim.shape[0], -1).sum(1) - free_nats, 0.0)) * lambda_kld
   return jnp.sum(per_dim) * lambda_kld

@@ -134,7 +134,7 @@ def test_state_mismatch_names_the_keys_that_shape_the_state():
   asked.model.ngf = 8
   assert spade_config.state_mismatch(saved, asked, "W") == (
       "the checkpoint in W was trained with model.ngf=16; this run asks for 8: use the same value, or a new --workdir")
-  asked.train.ema_decay = 0.999
-  assert "train.ema_decay=0.0" in spade_config.state_mismatch(saved, asked, "W")
+  asked.train.ema_decay = 0.0  # the demo keeps a weight EMA (0.99): a state without one is another state
+  assert "train.ema_decay=0.99" in spade_config.state_mismatch(saved, asked, "W")
   asked.model.ngf, asked.model.ndf = 16, 8  # the discriminator matters to training only
   assert spade_config.state_mismatch(saved, asked, "W", keys=spade_config.SYNTHESIS_KEYS) is None

@@ -27,7 +27,7 @@ from tests.conftest import REPO
 
 TINY = {"model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2, "model.use_vae": False, "data.load_size": 32,
         "data.crop_size": 32, "data.demo_num_train": 8, "data.demo_num_val": 2, "train.batch_size": 8,
-        "train.num_steps": 1, "eval.every_steps": 0}
+        "train.num_steps": 1, "eval.every_steps": 0, "loss.lambda_vgg": 0.0, "train.ema_decay": 0.0}
 
 
 def _flags(overrides: dict) -> list[str]:

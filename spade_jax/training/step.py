@@ -48,6 +48,8 @@ class StepSpec:
   lambda_colour: float        # 0: none (official); see config.loss.lambda_colour
   colour_cell: int
   kld_free_nats: float        # 0: official; see config.loss.kld_free_nats
+  perceptual_start: int       # 0: from the first step (official); see config.loss.perceptual_start
+  kld_free_nats_decay: tuple  # (): constant; (start, end): see config.loss.kld_free_nats_decay
   vae_warmup_steps: int       # 0: none (official); see config.loss.vae_warmup_steps
   grad_accum: int             # micro-batches per update
   ema_decay: float            # 0: no EMA of the generator
@@ -66,7 +68,8 @@ class StepSpec:
     return cls(nets=nets, vgg=vgg, vgg_weights=vgg_weights,
                lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld,
                lambda_colour=float(l.lambda_colour), colour_cell=int(l.colour_cell),
-               kld_free_nats=float(l.kld_free_nats), vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
+               kld_free_nats=float(l.kld_free_nats), kld_free_nats_decay=tuple(int(v) for v in l.kld_free_nats_decay),
+               perceptual_start=int(l.perceptual_start), vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
                ema_decay=decay, ema_start=int(t.ema_start))
 
 
@@ -225,6 +228,7 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
   rng = jax.random.fold_in(rng, state["step"])
   # VAE warm-up (0 -> 1): the KLD weight and the posterior noise rise together; None without one (official)
   warm = jnp.minimum(1.0, state["step"] / spec.vae_warmup_steps) if spec.vae_warmup_steps > 0 else None
+  free_nats = losses.free_nats_at(state["step"], spec.kld_free_nats, spec.kld_free_nats_decay)
   rng_g, rng_d = jax.random.split(rng)
   sem, real = nets.semantics(batch), batch["image"].astype(nets.dtype or jnp.float32)
   n_local = real.shape[0]
@@ -238,7 +242,7 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
     fake, posterior, pred_fake, pred_real, updates = _forward(nets, variables, inputs, "g")
     metrics = {}
     if posterior is not None:
-      metrics["G_KLD"] = losses.kld(*posterior, spec.lambda_kld, spec.kld_free_nats) * kld_scale
+      metrics["G_KLD"] = losses.kld(*posterior, spec.lambda_kld, free_nats) * kld_scale
       if warm is not None:
         metrics["G_KLD"] = metrics["G_KLD"] * warm
     metrics["G_GAN"] = losses.hinge_g(pred_fake)
@@ -248,6 +252,8 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
       vgg = lambda x: spec.vgg.apply({"params": vgg_params}, x)
       metrics["G_VGG"] = losses.vgg_loss(vgg(fake), jax.lax.stop_gradient(vgg(inputs["real"])), spec.lambda_vgg,
                                          spec.vgg_weights)
+      if spec.perceptual_start > 0:
+        metrics["G_VGG"] = jnp.where(state["step"] >= spec.perceptual_start, metrics["G_VGG"], 0.0)
     if spec.lambda_colour > 0:
       metrics["G_colour"] = losses.colour_loss(fake, inputs["real"], spec.lambda_colour, spec.colour_cell)
     return sum(metrics.values()), (metrics, updates)

@@ -60,14 +60,13 @@ def test_segnet_features_are_the_segmenters_encoder_on_generator_range_images():
 
 def test_perceptual_net_from_config():
   c = spade_config.preset("demo")
-  assert perceptual_net(c) == (None, ())  # lambda_vgg 0: no perceptual loss at all
-  c.loss.lambda_vgg = 10.0
-  c.loss.perceptual_net = "demo_segmenter"
-  net, weights = perceptual_net(c)
+  net, weights = perceptual_net(c)  # the demo's own
   assert isinstance(net, SegNet) and net.features and weights == (1.0, 1.0, 1.0)
   c.loss.perceptual_net = "vgg19"
   net, weights = perceptual_net(c)
   assert isinstance(net, VGG19) and weights == losses.VGG_WEIGHTS
+  c.loss.lambda_vgg = 0.0
+  assert perceptual_net(c) == (None, ())  # lambda_vgg 0: no perceptual loss at all
   c.loss.perceptual_net = "vgg16"
   c.loss.kld_free_nats = -1.0
   with pytest.raises(UserError, match=r"loss.perceptual_net='vgg16' \(expected one of vgg19, demo_segmenter\)"
@@ -89,3 +88,39 @@ def test_demo_segmenter_perceptual_params_train_once_and_fit_the_step(tmp_path):
   c.data.dataset, c.data.label_nc = "cityscapes", 35
   with pytest.raises(UserError, match="perceptual_net=demo_segmenter trains on the demo's data only"):
     loop._load_vgg(c)
+
+
+def test_free_nats_fall_to_the_official_kl_over_the_decay():
+  at = lambda step: float(losses.free_nats_at(jnp.asarray(step), 6.0, (240, 400)))
+  assert [at(s) for s in (0, 240, 320, 400, 480)] == [6.0, 6.0, 3.0, 0.0, 0.0]
+  assert losses.free_nats_at(jnp.asarray(5), 6.0) == 6.0 and losses.free_nats_at(jnp.asarray(5), 0.0, (1, 2)) == 0.0
+  rng = np.random.default_rng(1)
+  mu, logvar = rng.normal(0, 0.1, (2, 2, 8)).astype(np.float32)  # both images under 6 nats
+  traced = jax.jit(lambda step: losses.kld(mu, logvar, 0.05, losses.free_nats_at(step, 6.0, (240, 400))))
+  assert float(traced(100)) == 0.0  # free
+  np.testing.assert_allclose(float(traced(400)), float(losses.kld(mu, logvar, 0.05)), rtol=1e-6)  # official
+
+
+def test_the_demo_recipes_step_traces_with_every_option(tmp_path):
+  """The demo's own options together in one train step (its runs are measured in the README, not here): traced,
+  not compiled, on a tiny config; the metrics name every loss."""
+  from spade_jax import parallel
+  from spade_jax.training.state import create_train_state
+  c = spade_config.preset("demo")
+  c.data.root, c.data.crop_size, c.data.load_size = str(tmp_path), 32, 32
+  c.model.ngf = c.model.ndf = 4
+  c.model.n_layers_D = 2
+  c.train.ema_decay, c.train.ema_start = 0.99, 2
+  c.loss.update(lambda_vgg=10.0, perceptual_net="demo_segmenter", perceptual_start=3, kld_free_nats_decay=(2, 4))
+  spade_config.validate(c)
+  mesh = parallel.make_mesh(1)
+  _, setup = create_train_state(c, mesh, fresh=False)
+  s = c.data.crop_size
+  batch = {"image": jax.ShapeDtypeStruct((8, s, s, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((8, s, s), jnp.int32), "instance": jax.ShapeDtypeStruct((8, s, s), jnp.int32)}
+  if c.data.no_instance:
+    batch.pop("instance")
+  seg = jax.eval_shape(lambda: SegNet().init(jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"])
+  with jax.set_mesh(mesh):
+    _, metrics = jax.eval_shape(setup.step, setup.abstract, batch, seg, jax.random.key(1))
+  assert {"G_KLD", "G_GAN", "G_GAN_Feat", "G_VGG", "G_colour", "D_Fake", "D_real"} <= set(metrics)

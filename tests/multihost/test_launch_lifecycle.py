@@ -290,4 +290,5 @@ def test_train_py_with_a_batch_that_does_not_split_ends_with_one_error_line(tmp_
   lines = out.stderr.splitlines()
   assert out.returncode == EXIT_USER_ERROR and lines[-1].startswith("error: "), out.stderr[-3000:]
   assert "batch_size=3" in lines[-1] and sum(x.startswith("error: ") for x in lines) == 1, out.stderr[-3000:]
-  assert "Traceback" not in out.stderr and not any(x.startswith("[p") and "error:" in x for x in lines)
+  assert "Traceback" not in out.stderr and not any(x.startswith("[p") and "error:" in x for x in lines), \
+      out.stderr[-6000:]  # once seen failing under a loaded 2-core suite run (not reproduced in 18 tries, 4 at a time)
