@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # pytest-xdist processes: the suite is mostly XLA compilation, one core each (each simulates 8 JAX devices, ~3 GB)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test setup-aot lint test test-fast test-bench demo clean
+.PHONY: setup setup-test setup-aot lint test test-fast test-bench test-demo demo clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@py=$$(scripts/find_python.sh) && [ -x $(PY) ] || $$py -m venv $(VENV)
@@ -42,6 +42,9 @@ test-fast: setup-test            ## skip the slow end-to-end tests
 
 test-bench: setup-test           ## run every bench/ script once on a tiny config (75 s; not in `make test`)
 	SPADE_JAX_BENCH_SMOKE=1 $(PY) -m pytest tests/bench -q $(PYTEST_ARGS)
+
+test-demo: setup-test            ## the demo recipe learns every style: two shortened demo runs (9.5 min; not in `make test`)
+	SPADE_JAX_DEMO_RECIPE=1 $(PY) -m pytest tests/training/test_demo_recipe.py -q $(PYTEST_ARGS)
 
 demo: setup                      ## generate the demo data set, train on it, write sample grids
 	$(PY) train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}
