@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.training.tiny import DEMO_RECIPE_OFF
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -32,10 +33,7 @@ def test_eval_py_on_demo_checkpoint(tmp_path):
         "data.demo_num_val": 5, "model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2, "train.batch_size": 8,
         "train.num_steps": 1,
         "train.checkpoint_every": 1, "train.sample_every": 1000, "eval.every_steps": 0, "eval.num_images": 4,
-        "eval.batch_size": 2,
-        # the demo's recipe options off, as in test_train_e2e: this test is about evaluation
-        "loss.kld_free_nats": 0, "loss.lambda_colour": 0, "model.discriminator_norm": "instance",
-        "loss.lambda_vgg": 0.0, "train.ema_decay": 0.0}
+        "eval.batch_size": 2, **DEMO_RECIPE_OFF}  # this test is about evaluation
   subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'demo.py'}",
                   f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in ov.items()],
                  env=_env(tmp_path), check=True, capture_output=True, timeout=600)

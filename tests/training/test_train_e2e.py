@@ -20,6 +20,7 @@ from spade_jax.training import loop
 from spade_jax.training import state as state_lib
 from spade_jax.writer import read_metrics
 from tests.conftest import REPO
+from tests.training.tiny import DEMO_RECIPE_OFF
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +29,7 @@ def _overrides(data, steps, every=2):
   return {"data.root": str(data), "data.crop_size": 32, "data.load_size": 32, "data.demo_num_train": 16,
           "data.demo_num_val": 4, "model.ngf": 4, "model.ndf": 4, "model.n_layers_D": 2, "train.batch_size": 8,
           "train.log_every": 1, "train.sample_every": 1000, "train.checkpoint_every": every, "train.num_steps": steps,
-          "train.progress_every_secs": 1.0, "eval.every_steps": 0, "loss.vae_warmup_steps": 8,
-          # the demo's recipe options off: the warm-up test reads the KL from step 1, they cost these compile-bound
-          # tests 12 s each (measured), and its perceptual segmenter trains 800 steps; the demo's own runs are
-          # measured in the README, its step is traced in tests/models/test_recipe_options.py
-          "loss.kld_free_nats": 0, "loss.lambda_colour": 0, "model.discriminator_norm": "instance",
-          "loss.lambda_vgg": 0.0, "train.ema_decay": 0.0}
+          "train.progress_every_secs": 1.0, "eval.every_steps": 0, "loss.vae_warmup_steps": 8, **DEMO_RECIPE_OFF}
 
 
 def _train_cmd(workdir, overrides):
