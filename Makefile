@@ -35,10 +35,10 @@ lint: setup-test                 ## ruff (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
 test: setup-test                 ## the whole suite, as CI runs it
-	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup-test            ## skip the slow end-to-end tests
-	$(PY) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-bench: setup-test           ## run every bench/ script once on a tiny config (75 s; not in `make test`)
 	SPADE_JAX_BENCH_SMOKE=1 $(PY) -m pytest tests/bench -q $(PYTEST_ARGS)

