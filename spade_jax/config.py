@@ -58,6 +58,8 @@ def defaults() -> ml_collections.ConfigDict:
   m.ngf = 64
   m.num_upsampling_layers = "normal"  # normal | more | most
   m.use_vae = False
+  m.z_dim = 256                       # the style code's width (official --z_dim; its encoder hard-codes 256, so
+                                      # official checkpoints have 256)
   m.param_free_norm = "syncbatch"     # syncbatch | batch | instance  (official norm_G 'spectralspadesyncbatch3x3')
   m.spade_kernel = 3
   m.spectral_G = True
@@ -346,6 +348,7 @@ _AT_LEAST = {  # key: smallest allowed value
     "data.label_nc": 1, "data.load_size": 1, "data.crop_size": 1, "data.workers": 0, "data.prefetch": 1,
     "data.max_dataset_size": 0, "data.demo_num_train": 1, "data.demo_num_val": 2,
     "model.ngf": 1, "model.spade_kernel": 1, "model.ndf": 1, "model.num_D": 1, "model.n_layers_D": 1,
+    "model.z_dim": 1,
     "loss.lambda_feat": 0, "loss.lambda_vgg": 0, "loss.lambda_kld": 0, "loss.vae_warmup_steps": 0,
     "loss.perceptual_start": 0, "loss.kld_free_nats": 0, "loss.lambda_colour": 0, "loss.colour_cell": 1,
     "train.batch_size": 1, "train.niter": 0, "train.niter_decay": 0, "train.num_steps": 0, "train.log_every": 1,

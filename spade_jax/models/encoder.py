@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from spade_jax.models.layers import Conv2d, Dense, bilinear_resize, instance_norm, leaky_relu
 
-LATENT = 256  # hard-coded width of fc_mu / fc_var in the official encoder
+LATENT = 256  # the official encoder's fc_mu / fc_var width (hard-coded there; `z_dim` here)
 
 
 class ConvEncoder(nn.Module):
@@ -24,6 +24,7 @@ class ConvEncoder(nn.Module):
   input_size: int = 256
   spectral: bool = True
   norm: str = "instance"
+  z_dim: int = LATENT  # our extension: the official encoder ignores --z_dim and always gives 256
   dtype: Any = None  # compute dtype; parameters, instance-norm statistics and spectral norm stay float32
 
   @nn.compact
@@ -47,7 +48,7 @@ class ConvEncoder(nn.Module):
       if instance:
         x = instance_norm(x)
     x = leaky_relu(x).reshape(x.shape[0], -1)  # NHWC flatten; the converter permutes torch's NCHW rows
-    return Dense(LATENT, name="fc_mu")(x), Dense(LATENT, name="fc_var")(x)
+    return Dense(self.z_dim, name="fc_mu")(x), Dense(self.z_dim, name="fc_var")(x)
 
 
 def reparameterize(mu, logvar, eps):

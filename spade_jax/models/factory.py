@@ -37,7 +37,7 @@ def build_generator(config, axis_name: str | None = None, platform: str | None =
   platform = platform or platforms.platform_of()
   return SPADEGenerator(
       ngf=m.ngf, num_upsampling_layers=m.num_upsampling_layers, crop_size=config.data.crop_size,
-      aspect_ratio=config.data.aspect_ratio, use_vae=m.use_vae, spectral=m.spectral_G,
+      aspect_ratio=config.data.aspect_ratio, use_vae=m.use_vae, z_dim=m.z_dim, spectral=m.spectral_G,
       param_free_norm=m.param_free_norm, spade_kernel=m.spade_kernel, axis_name=axis_name,
       dtype=compute_dtype(m), remat=bool(m.remat_G), label_channels=spade_label_channels(config, platform))
 
@@ -51,7 +51,7 @@ def build_discriminator(config) -> MultiscaleDiscriminator:
 def build_encoder(config) -> ConvEncoder:
   m = config.model
   return ConvEncoder(ndf=m.ngf, input_size=m.encoder_input_size, spectral=m.spectral_E, norm=m.encoder_norm,
-                     dtype=compute_dtype(m))
+                     z_dim=m.z_dim, dtype=compute_dtype(m))
 
 
 def count_params(variables) -> int:

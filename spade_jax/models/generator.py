@@ -11,7 +11,7 @@ from spade_jax.models.layers import Conv2d, Dense, leaky_relu, nearest_resize, u
 from spade_jax.models.spade import SPADEResnetBlock
 
 NUM_UP = {"normal": 5, "more": 6, "most": 7}
-Z_DIM = 256  # the encoder's fc_mu / fc_var width is hard-coded to 256, so z_dim must be 256 for the VAE path
+Z_DIM = 256  # official; config.model.z_dim sets it (with the encoder's fc_mu / fc_var width)
 
 
 def latent_size(crop_size: int, aspect_ratio: float, num_upsampling_layers: str) -> tuple[int, int]:

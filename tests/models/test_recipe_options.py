@@ -124,3 +124,24 @@ def test_the_demo_recipes_step_traces_with_every_option(tmp_path):
   with jax.set_mesh(mesh):
     _, metrics = jax.eval_shape(setup.step, setup.abstract, batch, seg, jax.random.key(1))
   assert {"G_KLD", "G_GAN", "G_GAN_Feat", "G_VGG", "G_colour", "D_Fake", "D_real"} <= set(metrics)
+
+
+def test_z_dim_sets_the_style_codes_width_in_encoder_generator_and_sampling():
+  """model.z_dim (official --z_dim, which the official encoder ignores: 256) is the width of fc_mu / fc_var, of
+  G's fc input and of the codes the evaluation and synthesis draw; shapes only (abstract init)."""
+  from spade_jax.models import factory
+  from tests.training.tiny import tiny_config
+  c = tiny_config(use_vae=True)
+  c.model.z_dim = 8
+  spade_config.validate(c)
+  s = c.data.crop_size
+  E, G = factory.build_encoder(c), factory.build_generator(c)
+  e_vars = jax.eval_shape(lambda: E.init(jax.random.key(0), jnp.zeros((2, s, s, 3))))
+  mu, logvar = jax.eval_shape(lambda v: E.apply(v, jnp.zeros((2, s, s, 3))), e_vars)
+  assert mu.shape == logvar.shape == (2, 8) and G.z_dim == 8
+  sem = jnp.zeros((2, s, s, c.data.label_nc + 2))
+  g_vars = jax.eval_shape(lambda: G.init({"params": jax.random.key(0)}, sem, jnp.zeros((2, 8))))
+  assert g_vars["params"]["fc"]["kernel"].shape[0] == 8
+  c.model.z_dim = 0
+  with pytest.raises(UserError, match="model.z_dim=0"):
+    spade_config.validate(c)
