@@ -35,9 +35,10 @@ def coco_sample_dir():
 
 # The slowest modules first, so that the two workers end together: xdist's --dist loadscope hands out whole modules
 # in collection order (the Makefile turns off its default reordering by test count, which put these few-test modules
-# last). Seconds per module from `make test PYTEST_ARGS="-v --durations=0"` on the 2-core host (818 s, workers
-# ending at 805 / 804 s); replaying that run's test durations through xdist's scheduler: this order 800 / 792 s, the
-# default 749 / 841 s.
+# last). The order is an earlier run's (925 s, the speed-options module at 262 s before its cut); the seconds are
+# from `make test PYTEST_ARGS="-v --durations=0"` of the final one on the 2-core host (818 s, workers ending at 805 /
+# 804 s). Replaying that run's test durations through xdist's scheduler: this order 800 / 792 s, the default 749 /
+# 841 s, sorted by these seconds 798 / 791 s.
 SLOWEST_FIRST = (
     "tests/training/test_train_e2e.py",         # 261 s
     "tests/training/test_speed_options.py",     # 150 s

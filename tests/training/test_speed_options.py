@@ -38,12 +38,19 @@ def _run(config, ndev=2, steps=2, state0=None):
     if state0 is not None:
       state = jax.device_put(state0, setup.sharding)
     history = [jax.device_get(state)]
-    metrics = []
+    metrics, layouts = [], [_layout(state)]
     for i in range(steps):
       state, m = step(state, parallel.global_batch(random_batch(config, seed=i), mesh), None, jax.random.key(1))
       history.append(jax.device_get(state))
       metrics.append(jax.device_get(m))
-  return history, metrics, step._cache_size()
+      layouts.append(_layout(state))
+  return history, metrics, step._cache_size(), layouts
+
+
+def _layout(state):
+  """What the jitted step's cache is keyed on, per state leaf: a state that comes back with the same layout as it
+  went in is taken by the next step without compiling again."""
+  return jax.tree.map(lambda x: (x.shape, x.dtype, x.weak_type, x.sharding), state)
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +72,14 @@ def _max_diff(a, b):
 
 
 def test_step_compiles_once(runs):
-  for name in ("fp32", "bf16"):  # two steps each (the accumulated run takes one)
-    cache_size = runs[name][2]
-    assert cache_size == 1, f"{name}: the train step was compiled {cache_size} times over 2 steps"
+  for name, (_, metrics, cache_size, layouts) in runs.items():
+    assert cache_size == 1, f"{name}: the train step was compiled {cache_size} times over {len(metrics)} steps"
+    # the accumulated run takes one step: its state must come back as it went in, or a second step would compile
+    assert all(layout == layouts[0] for layout in layouts), f"{name}: the step changes the state's layout"
 
 
 def test_accumulation_equals_one_step_on_the_whole_batch(runs):
-  (want, want_m, _), (got, got_m, _) = runs["fp32"], runs["accum2"]
+  (want, want_m, *_), (got, got_m, *_) = runs["fp32"], runs["accum2"]
   for step in range(len(got_m)):
     for k in want_m[step]:
       np.testing.assert_allclose(got_m[step][k], want_m[step][k], atol=1e-5, rtol=1e-5, err_msg=f"{k} @ {step}")
@@ -88,7 +96,7 @@ def test_accumulation_equals_one_step_on_the_whole_batch(runs):
 
 
 def test_bfloat16_step_tracks_float32(runs):
-  (want, want_m, _), (got, got_m, _) = runs["fp32"], runs["bf16"]
+  (want, want_m, *_), (got, got_m, *_) = runs["fp32"], runs["bf16"]
   for k in ("G_GAN", "G_GAN_Feat", "G_KLD", "D_Fake", "D_real"):
     np.testing.assert_allclose(got_m[0][k], want_m[0][k], rtol=2e-2, atol=2e-2, err_msg=k)
   # Parameters stay float32, and the first update follows the float32 update closely (SGD: update = -lr * grad).
@@ -106,7 +114,7 @@ def test_bfloat16_step_tracks_float32(runs):
 
 
 def test_ema_follows_the_update_rule(runs):
-  history, _, _ = runs["fp32"]
+  history, *_ = runs["fp32"]
   s0, s1, s2 = history
   # step 0 < ema_start = 1: the EMA copies the new weights; from step 1 on ema = 0.9 ema + 0.1 params
   assert _max_diff(s1["ema"]["g"], s1["g"]["params"]) == 0.0
