@@ -21,8 +21,10 @@ $(VENV)/.test: $(VENV)/.runtime $(AOT_LIBS)/.installed requirements-test.txt
 	@touch $@
 
 # libtpu and the CUDA plugin for `python -m spade_jax.aot`, in a side folder that only that tool loads
+# (afresh: pip --target --upgrade leaves the old version's dist-info beside the new one, and the version check reads it)
 $(AOT_LIBS)/.installed: requirements-aot.txt $(VENV)/.runtime
-	$(PY) -m pip install --quiet --no-deps --upgrade --target $(AOT_LIBS) -r requirements-aot.txt
+	rm -rf $(AOT_LIBS)
+	$(PY) -m pip install --quiet --no-deps --target $(AOT_LIBS) -r requirements-aot.txt
 	@touch $@
 
 setup: $(VENV)/.runtime          ## runtime environment only
@@ -43,7 +45,7 @@ test-fast: setup-test            ## skip the slow end-to-end tests
 test-bench: setup-test           ## run every bench/ script once on a tiny config (75 s; not in `make test`)
 	SPADE_JAX_BENCH_SMOKE=1 $(PY) -m pytest tests/bench -q $(PYTEST_ARGS)
 
-test-demo: setup-test            ## the demo recipe learns every style: two shortened demo runs (9.5 min; not in `make test`)
+test-demo: setup-test            ## the demo recipe learns and draws every style: two demo runs (12-15 min; not in `make test`)
 	SPADE_JAX_DEMO_RECIPE=1 $(PY) -m pytest tests/training/test_demo_recipe.py -q $(PYTEST_ARGS)
 
 demo: setup                      ## generate the demo data set, train on it, write sample grids

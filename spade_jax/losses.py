@@ -76,3 +76,30 @@ def kld(mu, logvar, lambda_kld: float = LAMBDA_KLD, free_nats: float = 0.0):
   if not isinstance(free_nats, (int, float)) or free_nats > 0:  # a traced value: a schedule (step.py)
     return jnp.sum(jnp.maximum(per_dim.reshape(per_dim.shape[0], -1).sum(1) - free_nats, 0.0)) * lambda_kld
   return jnp.sum(per_dim) * lambda_kld
+
+
+def kld_aggregate(mu, logvar, weight: float, num_images, fit: str = "diagonal"):
+  """The batch's codes against the prior (not official; the aggregate-posterior KL of Makhzani et al. 2016 and
+  Chen et al. 2018): the mixture of the batch's n posteriors fitted by one Gaussian N(m, C), KL(N(m, C) || N(0, I))
+  times `num_images` (the official KL's per-image scale) and `weight`. The per-image KL holds each posterior near
+  the prior; this holds the codes' spread there, so that codes drawn from N(0, I) land where the data's codes are
+  (README "The demo": with the posterior std stuck at 1, the styles' codes spread over twice the prior's width and
+  random codes miss the outer styles).
+
+  fit 'diagonal': C's diagonal only, per dimension (the "dimension-wise KL"); blind to a spread along a direction
+  that is not an axis, so gentler. 'full': C = diag(mean posterior variance) + the means' scatter / n, whose second
+  part has rank n, so log det C comes from an n x n matrix (the determinant lemma) and C itself is never formed."""
+  n = mu.shape[0]
+  mu, var = _f32(mu).reshape(n, -1), jnp.exp(_f32(logvar)).reshape(n, -1)
+  m = jnp.mean(mu, 0)
+  if fit == "diagonal":
+    v = jnp.mean(jnp.square(mu) + var, 0) - jnp.square(m)
+    return 0.5 * jnp.sum(jnp.square(m) + v - 1.0 - jnp.log(v)) * num_images * weight
+  if fit != "full":
+    raise ValueError(f"kld_aggregate fit {fit!r}: expected 'diagonal' or 'full'")
+  s = jnp.mean(var, 0)                      # the diagonal part of C
+  centred = (mu - m) / jnp.sqrt(float(n))   # C = diag(s) + centred^T centred
+  inner = jnp.eye(n, dtype=jnp.float32) + (centred / s) @ centred.T
+  logdet = jnp.sum(jnp.log(s)) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(inner))))
+  trace = jnp.sum(s) + jnp.sum(jnp.square(centred))
+  return 0.5 * (trace + jnp.sum(jnp.square(m)) - m.shape[0] - logdet) * num_images * weight

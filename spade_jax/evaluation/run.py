@@ -78,8 +78,10 @@ def summary(report: dict) -> str:
                  f"images {seg['real_images']['miou']:.4f} / {seg['real_images']['pixel_accuracy']:.4f})")
   style = report.get("style")
   if style:
+    err = style.get("random_code_share_stderr") or {}
     parts.append(f"style accuracy {style['accuracy'] or 0:.3f}, random-code shares " + ", ".join(
-        f"{k} {v or 0:.2f}" for k, v in style["random_code_shares"].items()))
+        f"{k} {v or 0:.2f}" + (f" +- {err[k]:.2f}" if err.get(k) is not None else "")
+        for k, v in style["random_code_shares"].items()) + f" ({style.get('num_random_samples', 0)} codes)")
   return "; ".join(parts) or "no scores"
 
 

@@ -146,6 +146,10 @@ class StyleScores:
                                for name, c in zip(self.names, self.random)},
         "random_code_counts": dict(zip(self.names, self.random.tolist())),
         "num_random_samples": n_random,
+        # sqrt(p (1 - p) / n): how far a share may be from the model's own by the draw of codes alone (128 codes:
+        # up to 0.044); two shares further apart than about twice that differ by more than the draw
+        "random_code_share_stderr": {name: (float(np.sqrt(c / n_random * (1 - c / n_random) / n_random))
+                                            if n_random else None) for name, c in zip(self.names, self.random)},
         "mean_sky_rgb": {"synthesis_with_own_style": self._mean_sky("guided"), "real": self._mean_sky("real"),
                          "meaning": "mean RGB of the sky and cloud pixels per recorded style of the photo"},
         "real_images": {"accuracy": self._accuracy(self.real), "per_style_accuracy": self._per_style(self.real),

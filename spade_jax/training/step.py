@@ -50,6 +50,9 @@ class StepSpec:
   kld_free_nats: float        # 0: official; see config.loss.kld_free_nats
   perceptual_start: int       # 0: from the first step (official); see config.loss.perceptual_start
   kld_free_nats_decay: tuple  # (): constant; (start, end): see config.loss.kld_free_nats_decay
+  lambda_kld_aggregate: float  # 0: none (official); see config.loss.lambda_kld_aggregate
+  kld_aggregate_start: int
+  kld_aggregate_fit: str       # diagonal | full
   vae_warmup_steps: int       # 0: none (official); see config.loss.vae_warmup_steps
   grad_accum: int             # micro-batches per update
   ema_decay: float            # 0: no EMA of the generator
@@ -69,6 +72,8 @@ class StepSpec:
                lambda_feat=l.lambda_feat, lambda_vgg=l.lambda_vgg, lambda_kld=l.lambda_kld,
                lambda_colour=float(l.lambda_colour), colour_cell=int(l.colour_cell),
                kld_free_nats=float(l.kld_free_nats), kld_free_nats_decay=tuple(int(v) for v in l.kld_free_nats_decay),
+               lambda_kld_aggregate=float(l.lambda_kld_aggregate), kld_aggregate_start=int(l.kld_aggregate_start),
+               kld_aggregate_fit=str(l.kld_aggregate_fit),
                perceptual_start=int(l.perceptual_start), vae_warmup_steps=int(l.vae_warmup_steps), grad_accum=accum,
                ema_decay=decay, ema_start=int(t.ema_start))
 
@@ -245,6 +250,10 @@ def train_step(spec: StepSpec, tx_g, tx_d, state, batch, vgg_params, rng, axis_n
       metrics["G_KLD"] = losses.kld(*posterior, spec.lambda_kld, free_nats) * kld_scale
       if warm is not None:
         metrics["G_KLD"] = metrics["G_KLD"] * warm
+      if spec.lambda_kld_aggregate > 0:  # moments of this device's (micro-)batch rows, on the whole batch's scale
+        agg = losses.kld_aggregate(*posterior, spec.lambda_kld_aggregate, posterior[0].shape[0] * kld_scale,
+                                   spec.kld_aggregate_fit)
+        metrics["G_KLD_aggregate"] = jnp.where(state["step"] >= spec.kld_aggregate_start, agg, 0.0)
     metrics["G_GAN"] = losses.hinge_g(pred_fake)
     if spec.lambda_feat > 0:
       metrics["G_GAN_Feat"] = losses.feature_matching(pred_fake, pred_real, spec.lambda_feat)

@@ -5,7 +5,7 @@ import pytest
 
 from configs import demo as demo_config
 from spade_jax.data import demo
-from spade_jax.evaluation import protocol, style
+from spade_jax.evaluation import protocol, run, style
 
 SIZE, NUM_TRAIN, NUM_VAL = 32, 48, 9
 
@@ -83,6 +83,9 @@ def test_evaluator_report_has_style_fields(config):
   assert s["real_images"]["accuracy"] == 1.0                 # the ceiling: the rule on the real val images
   assert s["num_random_samples"] == 3 * NUM_VAL and s["random_code_rounds"] == 3
   assert s["random_code_shares"] == pytest.approx({"day": 1 / 3, "sunset": 1 / 3, "night": 1 / 3})
+  n = 3 * NUM_VAL  # the binomial standard error of each share, and the log line that shows it
+  assert s["random_code_share_stderr"] == pytest.approx({k: (2 / 9 / n) ** 0.5 for k in demo.STYLES})
+  assert f"day 0.33 +- {(2 / 9 / n) ** 0.5:.2f}" in run.summary(report) and f"({n} codes)" in run.summary(report)
   assert set(s["per_style_accuracy"]) == set(demo.STYLES) and "nearest centroid" in s["protocol"]
   assert set(s["mean_sky_rgb"]["real"]) == set(demo.STYLES)
   sc = protocol.scalars(report)

@@ -1,5 +1,5 @@
-"""Options of the demo's recipe (not official, off by default): the colour loss, the KL's free nats and the demo
-segmenter as the perceptual loss's network."""
+"""Options of the demo's recipe (not official, off by default): the colour loss, the KL's free nats, the aggregate
+KL and the demo segmenter as the perceptual loss's network."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +32,42 @@ def test_kld_free_nats_charges_only_each_images_excess():
   g_mu, g_lv = jax.grad(lambda m, v: losses.kld(m, v, 0.05, free), argnums=(0, 1))(jnp.asarray(mu), jnp.asarray(logvar))
   assert not np.asarray(g_mu[0]).any() and not np.asarray(g_lv[0]).any()  # the image under the allowance: no pull
   np.testing.assert_allclose(np.asarray(g_mu[1:]), 0.05 * mu[1:], rtol=1e-5)  # the others: the official gradient
+
+
+def test_kld_aggregate_is_the_kl_of_the_batchs_code_mixture():
+  rng = np.random.default_rng(2)
+  mu = rng.normal(0.5, 2.0, (6, 5)).astype(np.float32)
+  logvar = rng.normal(-1.0, 0.3, (6, 5)).astype(np.float32)
+  m64, v64 = mu.astype(np.float64), np.exp(logvar.astype(np.float64))
+  m = m64.mean(0)  # the mixture of the six posteriors: its mean and covariance
+  cov = np.diag(v64.mean(0)) + (m64 - m).T @ (m64 - m) / 6
+  got = lambda a, b, fit: float(losses.kld_aggregate(jnp.asarray(a), jnp.asarray(b), 0.25, 6, fit))
+  want_full = 0.5 * (np.trace(cov) + m @ m - 5 - np.linalg.slogdet(cov)[1]) * 6 * 0.25
+  want_diag = 0.5 * (m ** 2 + np.diag(cov) - 1 - np.log(np.diag(cov))).sum() * 6 * 0.25
+  np.testing.assert_allclose(got(mu, logvar, "full"), want_full, rtol=1e-5)
+  np.testing.assert_allclose(got(mu, logvar, "diagonal"), want_diag, rtol=1e-5)
+  # a spread along a direction that is no axis costs the full fit what it costs along an axis; the diagonal fit less
+  q = np.linalg.qr(rng.normal(size=(5, 5)))[0].astype(np.float32)
+  zero = np.zeros_like(mu)
+  np.testing.assert_allclose(got(mu @ q, zero, "full"), got(mu, zero, "full"), rtol=1e-4)
+  assert got(mu @ q, zero, "diagonal") != pytest.approx(got(mu, zero, "diagonal"), rel=1e-2)
+  # codes at +-0.8 with posterior variance 0.36 make up the prior exactly: no aggregate cost, though each image's
+  # own KL is well above zero; the same codes spread to +-2.4 with variance 1 (the demo's fallback) cost a lot
+  a = np.array([[0.8], [-0.8]] * 3, np.float32)
+  lv = np.full_like(a, np.log(0.36))
+  for fit in ("diagonal", "full"):
+    assert abs(float(losses.kld_aggregate(jnp.asarray(a), jnp.asarray(lv), 1.0, 6, fit))) < 1e-5
+  assert float(losses.kld(jnp.asarray(a), jnp.asarray(lv), 1.0)) > 1.0
+  wide = float(losses.kld_aggregate(jnp.asarray(3 * a), jnp.zeros_like(jnp.asarray(a)), 1.0, 6))
+  np.testing.assert_allclose(wide, 0.5 * (1 + 5.76 - 1 - np.log(1 + 5.76)) * 6, rtol=1e-5)
+  g_lv = jax.grad(lambda v: losses.kld_aggregate(jnp.asarray(3 * a), v, 1.0, 6))(jnp.zeros_like(jnp.asarray(a)))
+  assert (np.asarray(g_lv) > 0).all()  # too wide a spread: the posteriors' variance goes down
+  c = spade_config.preset("demo")
+  c.loss.lambda_kld_aggregate, c.loss.kld_aggregate_start, c.loss.kld_aggregate_fit = -1.0, -5, "diag"
+  with pytest.raises(UserError, match=r"loss.kld_aggregate_fit='diag' \(expected one of diagonal, full\)"
+                                      r".*loss.lambda_kld_aggregate=-1.0 \(expected a number >= 0\)"
+                                      r".*loss.kld_aggregate_start=-5"):
+    spade_config.validate(c)
 
 
 def test_colour_loss_is_l1_of_cell_means_and_only_moves_the_fake():
@@ -111,7 +147,8 @@ def test_the_demo_recipes_step_traces_with_every_option(tmp_path):
   c.model.ngf = c.model.ndf = 4
   c.model.n_layers_D = 2
   c.train.ema_decay, c.train.ema_start = 0.99, 2
-  c.loss.update(lambda_vgg=10.0, perceptual_net="demo_segmenter", perceptual_start=3, kld_free_nats_decay=(2, 4))
+  c.loss.update(lambda_vgg=10.0, perceptual_net="demo_segmenter", perceptual_start=3, kld_free_nats_decay=(2, 4),
+                lambda_kld_aggregate=1.0, kld_aggregate_start=3)
   spade_config.validate(c)
   mesh = parallel.make_mesh(1)
   _, setup = create_train_state(c, mesh, fresh=False)
@@ -123,7 +160,7 @@ def test_the_demo_recipes_step_traces_with_every_option(tmp_path):
   seg = jax.eval_shape(lambda: SegNet().init(jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"])
   with jax.set_mesh(mesh):
     _, metrics = jax.eval_shape(setup.step, setup.abstract, batch, seg, jax.random.key(1))
-  assert {"G_KLD", "G_GAN", "G_GAN_Feat", "G_VGG", "G_colour", "D_Fake", "D_real"} <= set(metrics)
+  assert {"G_KLD", "G_KLD_aggregate", "G_GAN", "G_GAN_Feat", "G_VGG", "G_colour", "D_Fake", "D_real"} <= set(metrics)
 
 
 def test_z_dim_sets_the_style_codes_width_in_encoder_generator_and_sampling():

@@ -28,7 +28,7 @@ def tiny_config(use_vae=True, lambda_vgg=0.0, crop=32):
 # warm-up test reads the KL from step 1. The demo's own runs are measured in the README; its step is traced in
 # tests/models/test_recipe_options.py.
 DEMO_RECIPE_OFF = {"loss.kld_free_nats": 0, "loss.lambda_colour": 0, "model.discriminator_norm": "instance",
-                   "loss.lambda_vgg": 0.0, "train.ema_decay": 0.0}
+                   "loss.lambda_vgg": 0.0, "train.ema_decay": 0.0, "loss.lambda_kld_aggregate": 0.0}
 
 
 def random_batch(config, n=8, seed=0):
