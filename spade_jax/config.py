@@ -92,7 +92,7 @@ def defaults() -> ml_collections.ConfigDict:
   l.kld_free_nats = 0.0     # > 0 (not official): each image's KL below this many nats costs nothing
   l.kld_free_nats_decay = ()  # (start, end): the free nats fall linearly to 0 from step start to end (official KL
                             # from there on, so that random codes cover the styles as the data does); (): constant
-  l.lambda_kld_aggregate = 0.0  # > 0 (not official): the batch's codes against the prior per dimension
+  l.lambda_kld_aggregate = 0.0  # > 0 (not official): the batch's codes, fitted by a Gaussian, against the prior
                             # (spade_jax.losses.kld_aggregate), so that random codes cover the styles as the data does
   l.kld_aggregate_start = 0  # that term counts from this step on
   l.kld_aggregate_fit = "diagonal"  # diagonal (per dimension) | full (full covariance; pulls the styles together)

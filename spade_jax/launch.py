@@ -354,7 +354,10 @@ def main(argv=None) -> int:
   for i in range(n):
     env = dict(base)
     if n > 1:
-      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i),
+                 # jax 0.12.1: process 0 loading executables that an earlier run cached while the others compile
+                 # their own hung the first step's collectives (README "Multi-host training")
+                 JAX_ENABLE_COMPILATION_CACHE="false")
     try:  # from this (the main) thread: the processes die with the launcher, SIGKILL included (die_with_parent)
       proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                               preexec_fn=die_with_parent())

@@ -43,12 +43,9 @@ def _overrides(data, **changes):
 
 
 def _env():
-  # No persistent compilation cache: with jax 0.12.1 a two-process run that found the executables an earlier
-  # two-process run had cached (the same programs) hung in its first step's collectives (measured: this module run
-  # in order, the resume test's first step never finished; alone, or with the cache off, it passes).
-  env = dict(_train_env(), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false", JAX_ENABLE_COMPILATION_CACHE="false")
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  return env
+  # spade_jax.launch turns the persistent compilation cache off for its multi-process runs: with it, this module run
+  # in order hung in the resume test's first step (jax 0.12.1; alone, or with the cache off, it passes)
+  return dict(_train_env(), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
 
 
 def _launch(processes, devices, script, args, grace=60):
